@@ -1,0 +1,1 @@
+"""flowerpipe: fine-tune torchvision classifiers on flower photos and ship a verified ONNX model."""

@@ -1,0 +1,198 @@
+"""One typed, validated configuration built from params.yaml; every error names its key."""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+from .errors import ConfigError
+
+FLOWER_PHOTOS_URL = (
+    "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
+)
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def _default_augment() -> list[dict[str, dict[str, Any]]]:
+    return [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = FLOWER_PHOTOS_URL
+    sha256: str | None = None
+    image_size: int = 224
+    crop_ratio: float = 0.875
+
+    def __post_init__(self) -> None:
+        _check(bool(self.source.strip()), "data.source", "must name a URL, an archive or a folder")
+        if self.sha256 is not None:
+            ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
+            _check(ok, "data.sha256", "must be 64 hex digits or null")
+        _check(16 <= self.image_size <= 1024, "data.image_size", "must be between 16 and 1024")
+        _check(0.5 <= self.crop_ratio <= 1.0, "data.crop_ratio", "must be between 0.5 and 1.0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    val: float = 0.15
+    test: float = 0.15
+    seed: int = 42
+
+    def __post_init__(self) -> None:
+        _check(0 < self.val < 1, "split.val", "must be between 0 and 1")
+        _check(0 < self.test < 1, "split.test", "must be between 0 and 1")
+        total = self.val + self.test
+        _check(total < 1, "split", f"val + test must be < 1 to leave training images (got {total:g})")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: str = "resnet18"
+    weights: str | None = "DEFAULT"
+
+    def __post_init__(self) -> None:
+        import torchvision.models as tvm
+
+        known = tvm.list_models(module=tvm)  # classification models only
+        if self.arch not in known:
+            close = [m for m in known if m.startswith(self.arch[:4])][:5]
+            hint = f" (did you mean {', '.join(close)}?)" if close else ""
+            raise ConfigError("model.arch", f"unknown torchvision classification model {self.arch!r}{hint}")
+        _check(self.weights is None or bool(self.weights.strip()), "model.weights", "must not be empty")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.001
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    device: str = "auto"
+    seed: int = 0
+    augment: list[dict[str, dict[str, Any]]] = field(default_factory=_default_augment)
+
+    def __post_init__(self) -> None:
+        _check(self.epochs >= 1, "train.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr:g})")
+        _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
+        _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
+        for i, step in enumerate(self.augment):
+            key = f"train.augment[{i}]"
+            _check(isinstance(step, dict) and len(step) == 1, key, "must be {TransformName: {args}}")
+            ((name, args),) = step.items()
+            _check(isinstance(args, dict | type(None)), f"{key}.{name}", "arguments must be a mapping")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    batch_size: int = 64
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+
+
+@dataclass(frozen=True)
+class PlotConfig:
+    dpi: int = 120
+
+    def __post_init__(self) -> None:
+        _check(50 <= self.dpi <= 600, "plot.dpi", "must be between 50 and 600")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    opset: int = 18
+    rtol: float = 1e-3
+    atol: float = 1e-5
+    min_top1_agreement: float = 1.0
+
+    def __post_init__(self) -> None:
+        _check(self.opset >= 17, "export.opset", "must be >= 17")
+        _check(self.rtol >= 0, "export.rtol", "must be >= 0")
+        _check(self.atol >= 0, "export.atol", "must be >= 0")
+        _check(0 <= self.min_top1_agreement <= 1, "export.min_top1_agreement", "must be in [0, 1]")
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    plot: PlotConfig = field(default_factory=PlotConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def load_config(path: str | Path = "params.yaml") -> Config:
+    """Read and validate params.yaml; a bad or unknown key raises ConfigError naming it."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from None
+    return config_from_dict(raw or {})
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build the Config from a params mapping (missing keys take their defaults)."""
+    return _build(Config, raw, "")
+
+
+def _check(ok: bool, key: str, problem: str) -> None:
+    if not ok:
+        raise ConfigError(key, problem)
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    if not isinstance(raw, dict):
+        raise ConfigError(prefix.rstrip(".") or "params", f"must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{prefix}{unknown[0]}", f"unknown key (known: {', '.join(sorted(names))})")
+    values = {}
+    for name, value in raw.items():
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, value or {}, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, hint, f"{prefix}{name}")
+    return cls(**values)
+
+
+def _coerce(value: Any, hint: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        hint = next(t for t in options if t is not type(None))
+        origin = typing.get_origin(hint)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        return value
+    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # PyYAML reads `1e-5` (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, str, bool) and type(value) is hint:
+        return value
+    raise ConfigError(key, f"must be {hint.__name__}, got {value!r}")

@@ -1,0 +1,184 @@
+"""Find, validate and decode the photos once, and read back the prepared dataset.
+
+The prepared folder holds `manifest.csv` (relpath, label, split, sha256, width, height),
+`images.npy` (the decoded uint8 cache, one `resize` x `resize` RGB square per manifest row, in
+the same order), `dataset.json` (classes and sizes) and `report.json` (skipped files and why).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import preprocess
+from .atomic import atomic_dir
+from .console import log, progress
+from .errors import DataError
+from .split import assign_splits, split_counts
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+MANIFEST_FIELDS = ("relpath", "label", "split", "sha256", "width", "height")
+
+
+@dataclass(frozen=True)
+class Skipped:
+    path: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """The prepared dataset as the later stages read it."""
+
+    classes: list[str]
+    rows: list[dict[str, str]]
+    images: np.ndarray  # N x resize x resize x 3 uint8, memory-mapped
+    labels: np.ndarray  # N int64 class indices
+    splits: np.ndarray  # N str
+    source_root: str
+
+    def indices(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.splits == split)
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
+    """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files."""
+    classes, files, skipped = [], [], []
+    for entry in sorted(root.iterdir()):
+        rel = entry.name
+        if entry.name.startswith("."):
+            skipped.append(Skipped(rel, "hidden"))
+        elif not entry.is_dir():
+            skipped.append(Skipped(rel, "not inside a class folder"))
+        else:
+            classes.append(entry.name)
+            for dirpath, dirnames, filenames in os.walk(entry):
+                here = Path(dirpath).relative_to(root)
+                for d in sorted(dirnames):
+                    if d.startswith("."):
+                        skipped.append(Skipped((here / d).as_posix() + "/", "hidden folder"))
+                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                for name in sorted(filenames):
+                    relpath = (here / name).as_posix()
+                    if name.startswith("."):
+                        skipped.append(Skipped(relpath, "hidden"))
+                    elif Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                        skipped.append(Skipped(relpath, "not an image file name"))
+                    else:
+                        files.append((relpath, entry.name))
+    return classes, files, skipped
+
+
+def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int]:
+    """(sha256, uint8 square, width, height) of one photo; raises ValueError with the reason."""
+    data = path.read_bytes()
+    if not data:
+        raise ValueError("empty file")
+    try:
+        with Image.open(path) as probe:
+            width, height = probe.size
+        square = preprocess.fit_square(preprocess.load_rgb(path, draft_size=resize), resize)
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"too many pixels ({exc})") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"truncated or corrupt image ({exc})") from None
+    return hashlib.sha256(data).hexdigest(), square, width, height
+
+
+def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int] | str:
+    try:
+        return read_photo(*args)
+    except ValueError as exc:
+        return str(exc)
+
+
+def prepare(
+    root: Path, out_dir: Path, resize: int, val: float, test: float, seed: int, workers: int | None = None
+) -> dict[str, Any]:
+    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics."""
+    classes, files, skipped = scan(root)
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
+    workers = workers or os.cpu_count() or 1
+    jobs = [(root / rel, resize) for rel, _ in files]
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = list(
+            progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
+        )
+    rows, squares = [], []
+    for (relpath, label), result in zip(files, results, strict=True):
+        if isinstance(result, str):
+            skipped.append(Skipped(relpath, result))
+            continue
+        sha, square, width, height = result
+        rows.append({"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height})
+        squares.append(square)
+    kept = {row["label"] for row in rows}
+    empty = [c for c in classes if c not in kept]
+    if empty:
+        raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
+    labels = [row["label"] for row in rows]
+    splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed)
+    for row, split in zip(rows, splits, strict=True):
+        row["split"] = split
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+
+    with atomic_dir(out_dir) as tmp:
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        np.save(tmp / "images.npy", np.stack(squares))
+        meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        report = {"source_root": str(root), "skipped": [s.__dict__ for s in skipped]}
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return dataset_metrics(rows, skipped)
+
+
+def dataset_metrics(rows: list[dict[str, Any]], skipped: list[Skipped]) -> dict[str, Any]:
+    """Counts per split and class, skipped counts by reason, and image size statistics."""
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        key = s.reason.split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    widths = [int(r["width"]) for r in rows]
+    heights = [int(r["height"]) for r in rows]
+    return {
+        "images": len(rows),
+        "skipped": len(skipped),
+        "skipped_by_reason": reasons,
+        "counts": split_counts([r["label"] for r in rows], [r["split"] for r in rows]),
+        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+    }
+
+
+def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
+    """Read the prepared dataset; the image cache is memory-mapped, not loaded."""
+    folder = Path(folder)
+    meta = json.loads((folder / "dataset.json").read_text())
+    with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    index = {c: i for i, c in enumerate(meta["classes"])}
+    return Prepared(
+        classes=meta["classes"],
+        rows=rows,
+        images=np.load(folder / "images.npy", mmap_mode="r"),
+        labels=np.array([index[r["label"]] for r in rows], dtype=np.int64),
+        splits=np.array([r["split"] for r in rows]),
+        source_root=meta["source_root"],
+    )

@@ -1,0 +1,21 @@
+"""The errors flowerpipe raises for bad input; each prints as one line that names the culprit."""
+
+
+class FlowerpipeError(Exception):
+    """Base class: a problem with the user's input, reported in one line without a traceback."""
+
+
+class ConfigError(FlowerpipeError):
+    """A params.yaml key is missing, unknown, or has a bad value."""
+
+    def __init__(self, key: str, problem: str) -> None:
+        super().__init__(f"params.yaml: {key}: {problem}")
+        self.key = key
+
+
+class DataError(FlowerpipeError):
+    """The data source cannot be obtained or holds no usable dataset."""
+
+
+class ParityError(FlowerpipeError):
+    """The exported ONNX model does not reproduce the PyTorch model's outputs."""

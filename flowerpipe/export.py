@@ -1,0 +1,124 @@
+"""Export a trained model to one self-describing ONNX file and verify it against PyTorch."""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from .errors import ParityError
+from .preprocess import MEAN, STD, to_model_input
+from .preprocess import center_crop as crop_nhwc
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def onnx_metadata(
+    classes: list[str], arch: str, image_size: int, resize_size: int, revision: str | None = None
+) -> dict[str, str]:
+    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings)."""
+    meta = {
+        "classes": json.dumps(classes),
+        "arch": arch,
+        "image_size": str(image_size),
+        "resize_size": str(resize_size),
+        "resize": json.dumps({"short_side": resize_size, "crop": "center", "square_first": True,
+                              "interpolation": "bilinear"}),
+        "mean": json.dumps(list(MEAN)),
+        "std": json.dumps(list(STD)),
+        "input_layout": "NCHW float32, RGB, (x / 255 - mean) / std",
+    }
+    if revision:
+        meta["revision"] = revision
+    return meta
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike[str], image_size: int, metadata: dict[str, str], opset: int = 18
+) -> None:
+    """Write `model` as a single ONNX file with a dynamic batch axis and `metadata`, checked.
+
+    Not atomic by itself: write to a temporary path and move it after `check_parity`."""
+    model = model.eval().cpu()
+    example = torch.randn(2, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            verbose=False,
+        )
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def session(path: str | os.PathLike[str], threads: int | None = None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    images: np.ndarray,
+    image_size: int,
+    rtol: float,
+    atol: float,
+    min_top1_agreement: float,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares) and on
+    random batches of 1 and 7; raises ParityError when outside the tolerances."""
+    model = model.eval().cpu()
+    sess = session(onnx_path)
+    rng = np.random.default_rng(seed)
+    batches = [to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size))
+               for i in range(0, len(images), batch_size)]
+    n_real = len(batches)
+    batches += [rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32) for n in (1, 7)]
+    max_abs = max_rel = 0.0
+    agree = total = 0
+    within = True
+    for k, x in enumerate(batches):
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        diff = np.abs(actual - expected)
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
+        within &= bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
+        if k < n_real:
+            agree += int((actual.argmax(1) == expected.argmax(1)).sum())
+            total += len(x)
+    result = {
+        "images": total,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "within_tolerance": within,
+        "top1_agreement": agree / max(total, 1),
+    }
+    if not within or result["top1_agreement"] < min_top1_agreement:
+        raise ParityError(
+            f"{onnx_path}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
+            f"max rel diff {max_rel:.3g} (allowed rtol {rtol:g}, atol {atol:g}), "
+            f"top-1 agreement {result['top1_agreement']:.2%} (need {min_top1_agreement:.0%})"
+        )
+    return result

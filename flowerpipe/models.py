@@ -1,0 +1,113 @@
+"""Build any torchvision classifier by name, with ImageNet, local or no weights, and a new head."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+from pathlib import Path
+from typing import Any
+
+import torch
+import torchvision.models as tvm
+from torch import nn
+
+from .errors import ConfigError
+
+# Models whose auxiliary classifiers would make forward() return a tuple while training.
+_AUX_LOGITS = {"googlenet", "inception_v3"}
+
+
+def build_model(arch: str, weights: str | None, num_classes: int) -> nn.Module:
+    """`arch` with `weights` (a torchvision weights name, a state_dict file, or None), its
+    classifier replaced by a fresh `num_classes`-way layer."""
+    kwargs: dict[str, Any] = {"aux_logits": False} if arch in _AUX_LOGITS else {}
+    if weights is None:
+        model = tvm.get_model(arch, weights=None, **kwargs)
+    elif _looks_like_path(weights):
+        model = tvm.get_model(arch, weights=None, **kwargs)
+        model.load_state_dict(_read_state_dict(weights, arch))
+    else:
+        model = _pretrained(arch, weights, kwargs)
+    return replace_head(model, num_classes)
+
+
+def _looks_like_path(weights: str) -> bool:
+    return os.sep in weights or "/" in weights or weights.endswith((".pt", ".pth")) or Path(weights).exists()
+
+
+def _read_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise ConfigError("model.weights", f"{path}: no such file")
+    try:
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise ConfigError("model.weights", f"{path}: not a loadable state_dict ({exc})") from None
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    model = tvm.get_model(arch, weights=None)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    if missing or any(state[k].shape != v.shape for k, v in expected.items()):
+        raise ConfigError(
+            "model.weights",
+            f"{path}: does not fit {arch} as torchvision builds it "
+            f"({'missing ' + missing[0] if missing else 'tensor shapes differ'})",
+        )
+    return state
+
+
+def _pretrained(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+    enum = tvm.get_model_weights(arch)
+    if name != "DEFAULT" and name not in enum.__members__:
+        known = ", ".join(["DEFAULT", *enum.__members__])
+        raise ConfigError("model.weights", f"{arch} has no weights {name!r} (known: {known}; or a file path, or null)")
+    weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
+    try:
+        return tvm.get_model(arch, weights=weights, **kwargs)
+    except (urllib.error.URLError, OSError) as exc:
+        target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+        raise ConfigError(
+            "model.weights",
+            f"cannot download {arch} {weights} from {weights.url} ({getattr(exc, 'reason', exc)}). "
+            f"Offline: put that file at {target} (TORCH_HOME moves it), or set model.weights "
+            "to a local state_dict path, or to null to train from random weights",
+        ) from None
+
+
+def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+    """Replace the last classification layer (ResNet `fc`, VGG `classifier[-1]`, ViT `heads.head`,
+    SqueezeNet's final conv, ...) with a fresh one of `num_classes` outputs."""
+    name, layer = _last_classifier(model)
+    if isinstance(layer, nn.Linear):
+        new: nn.Module = nn.Linear(layer.in_features, num_classes)
+    else:
+        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=layer.kernel_size)
+    parent_name, _, attr = name.rpartition(".")
+    setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
+    return model
+
+
+def _last_classifier(model: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear | nn.Conv2d)]
+    for name, layer in reversed(layers):
+        if isinstance(layer, nn.Linear) or layer.kernel_size == (1, 1):
+            return name, layer
+    raise ValueError(f"{type(model).__name__}: no classifier layer found")
+
+
+def save_trained(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> None:
+    """Save a trained model's state_dict with what is needed to rebuild it (arch, classes...)."""
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+
+
+def load_trained(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model saved by `save_trained`; returns it in eval mode with its metadata."""
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    state = saved.pop("state_dict")
+    model = build_model(saved["arch"], None, len(saved["classes"]))
+    model.load_state_dict(state)
+    return model.eval(), saved

@@ -1,0 +1,31 @@
+"""evaluate: score the best model on the held-out test split (and on val, labelled)."""
+
+from flowerpipe.atomic import write_csv, write_json
+from flowerpipe.config import load_config
+from flowerpipe.console import run_main
+from flowerpipe.dataset import load_prepared
+from flowerpipe.devices import resolve_device
+from flowerpipe.evaluation import classification_metrics, predict_logits, prediction_rows
+from flowerpipe.models import load_trained
+
+
+def main() -> None:
+    cfg = load_config()
+    data = load_prepared("data/prepared")
+    model, meta = load_trained("models/best.pt")
+    device = resolve_device(cfg.train.device)
+    metrics = {}
+    for split in ("test", "val"):
+        idx = data.indices(split)
+        logits = predict_logits(model, data.images[idx], meta["image_size"], cfg.evaluate.batch_size, device)
+        metrics[split] = classification_metrics(logits, data.labels[idx], data.classes)
+        if split == "test":
+            paths = [data.rows[i]["relpath"] for i in idx]
+            rows = prediction_rows(paths, logits, data.labels[idx], data.classes)
+    write_json("results/evaluate/metrics.json", metrics)
+    write_csv("results/evaluate/predictions.csv", rows)
+    write_json("results/evaluate/confusion.json", [{k: r[k] for k in ("actual", "predicted")} for r in rows])
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,23 @@
+"""prepare: obtain data.source, skip unreadable files, split, and decode the photos once."""
+
+from pathlib import Path
+
+from flowerpipe import dataset, sources
+from flowerpipe.atomic import write_json
+from flowerpipe.config import load_config
+from flowerpipe.console import run_main
+from flowerpipe.preprocess import resize_size
+
+
+def main() -> None:
+    cfg = load_config()
+    root = sources.obtain(cfg.data.source, Path("data/raw"), cfg.data.sha256)
+    resize = resize_size(cfg.data.image_size, cfg.data.crop_ratio)
+    metrics = dataset.prepare(
+        root, Path("data/prepared"), resize, cfg.split.val, cfg.split.test, cfg.split.seed
+    )
+    write_json("results/prepare/metrics.json", metrics)
+
+
+if __name__ == "__main__":
+    run_main(main)

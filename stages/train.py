@@ -1,0 +1,45 @@
+"""train: fine-tune model.arch on the prepared train split; keep the best epoch by val accuracy."""
+
+from dvclive import Live
+
+from flowerpipe import training
+from flowerpipe.config import load_config
+from flowerpipe.console import run_main
+from flowerpipe.dataset import load_prepared
+from flowerpipe.devices import resolve_device
+from flowerpipe.models import build_model, save_trained
+from flowerpipe.preprocess import resize_size
+
+
+def main() -> None:
+    cfg = load_config()
+    data = load_prepared("data/prepared")
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes))
+
+    with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+        def log_epoch(metrics: dict[str, float]) -> None:
+            live.step = int(metrics["epoch"])
+            for name, value in metrics.items():
+                if name != "epoch":
+                    live.log_metric(name, value)
+            live.next_step()
+
+        result = training.fit(
+            model, data.images, data.labels, data.indices("train"), data.indices("val"),
+            cfg.train, cfg.data.image_size, device, on_epoch=log_epoch,
+        )
+        live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+
+    model.load_state_dict(result.best_state)
+    save_trained(
+        model, "models/best.pt", arch=cfg.model.arch, classes=data.classes,
+        image_size=cfg.data.image_size,
+        resize_size=resize_size(cfg.data.image_size, cfg.data.crop_ratio),
+        epoch=result.best_epoch, val_accuracy=result.best_val_accuracy,
+    )
+
+
+if __name__ == "__main__":
+    run_main(main)
