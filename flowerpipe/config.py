@@ -13,9 +13,7 @@ import yaml
 
 from .errors import ConfigError
 
-FLOWER_PHOTOS_URL = (
-    "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
-)
+FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 

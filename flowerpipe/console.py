@@ -16,8 +16,11 @@ log = logging.getLogger("flowerpipe")
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain `LEVEL message` lines on stderr."""
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    """Plain `LEVEL message` lines on stderr: flowerpipe's at `level`, other libraries' warnings."""
+    logging.basicConfig(
+        level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    log.setLevel(level)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> tqdm:

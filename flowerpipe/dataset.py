@@ -114,9 +114,7 @@ def prepare(
     workers = workers or os.cpu_count() or 1
     jobs = [(root / rel, resize) for rel, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(
-            progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
-        )
+        results = list(progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img"))
     rows, squares = [], []
     for (relpath, label), result in zip(files, results, strict=True):
         if isinstance(result, str):

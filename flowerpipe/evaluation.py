@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,15 +48,18 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
     correct = probs.argmax(axis=1) == y_true
     edges = np.linspace(0, 1, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
 
 
-def classification_metrics(logits: np.ndarray, y_true: np.ndarray, classes: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, top-2, mean loss, ECE, and macro and per-class precision/recall/F1."""
+def classification_metrics(
+    logits: np.ndarray, y_true: np.ndarray, classes: Sequence[str]
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
+    """Headline scores (accuracy, top-2, mean loss, ECE, macro precision/recall/F1) and one row
+    of precision/recall/F1/support per class."""
     probs = softmax(logits)
     y_pred = probs.argmax(axis=1)
     n = len(y_true)
@@ -67,18 +71,21 @@ def classification_metrics(logits: np.ndarray, y_true: np.ndarray, classes: Sequ
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     top2 = np.argsort(-probs, axis=1)[:, :2]
     log_probs = np.log(np.clip(probs[np.arange(n), y_true], 1e-12, None))
-    return {
+    headline = {
         "images": n,
         "accuracy": float((y_pred == y_true).mean()),
         "top2_accuracy": float((top2 == y_true[:, None]).any(axis=1).mean()),
         "loss": float(-log_probs.mean()),
         "ece": expected_calibration_error(probs, y_true),
-        "macro": {"precision": float(precision.mean()), "recall": float(recall.mean()), "f1": float(f1.mean())},
-        "per_class": {
-            c: {"precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
-            for c, p, r, f, s in zip(classes, precision, recall, f1, cm.sum(axis=1), strict=True)
-        },
+        "macro_precision": float(precision.mean()),
+        "macro_recall": float(recall.mean()),
+        "macro_f1": float(f1.mean()),
     }
+    per_class = [
+        {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+        for c, p, r, f, s in zip(classes, precision, recall, f1, cm.sum(axis=1), strict=True)
+    ]
+    return headline, per_class
 
 
 def prediction_rows(

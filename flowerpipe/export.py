@@ -30,8 +30,9 @@ def onnx_metadata(
         "arch": arch,
         "image_size": str(image_size),
         "resize_size": str(resize_size),
-        "resize": json.dumps({"short_side": resize_size, "crop": "center", "square_first": True,
-                              "interpolation": "bilinear"}),
+        "resize": json.dumps(
+            {"short_side": resize_size, "crop": "center", "square_first": True, "interpolation": "bilinear"}
+        ),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
         "input_layout": "NCHW float32, RGB, (x / 255 - mean) / std",
@@ -90,8 +91,10 @@ def check_parity(
     model = model.eval().cpu()
     sess = session(onnx_path)
     rng = np.random.default_rng(seed)
-    batches = [to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size))
-               for i in range(0, len(images), batch_size)]
+    batches = [
+        to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size))
+        for i in range(0, len(images), batch_size)
+    ]
     n_real = len(batches)
     batches += [rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32) for n in (1, 7)]
     max_abs = max_rel = 0.0

@@ -61,7 +61,9 @@ def _pretrained(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
     enum = tvm.get_model_weights(arch)
     if name != "DEFAULT" and name not in enum.__members__:
         known = ", ".join(["DEFAULT", *enum.__members__])
-        raise ConfigError("model.weights", f"{arch} has no weights {name!r} (known: {known}; or a file path, or null)")
+        raise ConfigError(
+            "model.weights", f"{arch} has no weights {name!r} (known: {known}; or a file path, or null)"
+        )
     weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
     try:
         return tvm.get_model(arch, weights=weights, **kwargs)

@@ -7,9 +7,9 @@ from collections.abc import Mapping, Sequence
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
 Series = Sequence[tuple[float, float]]
 
@@ -30,7 +30,9 @@ def curves_figure(history: Mapping[str, Series]) -> Figure:
     return fig
 
 
-def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (test)") -> Figure:
+def confusion_figure(
+    cm: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (test)"
+) -> Figure:
     """Counts and row percentages; rows are the actual class, columns the predicted one."""
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
@@ -44,6 +46,8 @@ def confusion_figure(cm: np.ndarray, classes: Sequence[str], title: str = "Confu
     ticks = range(len(classes))
     ax.set_xticks(ticks, classes, rotation=45, ha="right")
     ax.set_yticks(ticks, classes)
-    ax.set(xlabel="predicted", ylabel="actual", title=f"{title}: accuracy {np.trace(cm) / max(cm.sum(), 1):.1%}")
+    ax.set(
+        xlabel="predicted", ylabel="actual", title=f"{title}: accuracy {np.trace(cm) / max(cm.sum(), 1):.1%}"
+    )
     fig.colorbar(image, ax=ax, label="share of the actual class")
     return fig

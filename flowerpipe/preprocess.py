@@ -58,8 +58,6 @@ def to_model_input(images: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def preprocess_file(
-    source: str | os.PathLike[str] | BinaryIO, image_size: int, resize: int
-) -> np.ndarray:
+def preprocess_file(source: str | os.PathLike[str] | BinaryIO, image_size: int, resize: int) -> np.ndarray:
     """One image file -> the uint8 HWC `image_size` crop the model sees."""
     return center_crop(fit_square(load_rgb(source, draft_size=resize), resize), image_size)

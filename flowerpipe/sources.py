@@ -103,10 +103,17 @@ def _fetch(url: str, part: Path) -> None:
         resumed = response.status == 206
         total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
         mode = "ab" if resumed else "wb"
-        with open(part, mode) as out, tqdm(
-            total=total or None, initial=have if resumed else 0, unit="B", unit_scale=True,
-            desc=f"download {part.name[:-5]}", disable=None,
-        ) as bar:
+        with (
+            open(part, mode) as out,
+            tqdm(
+                total=total or None,
+                initial=have if resumed else 0,
+                unit="B",
+                unit_scale=True,
+                desc=f"download {part.name[:-5]}",
+                disable=None,
+            ) as bar,
+        ):
             while chunk := response.read(CHUNK):
                 out.write(chunk)
                 bar.update(len(chunk))
@@ -155,12 +162,16 @@ def extract(archive: Path, target: Path) -> None:
             raise DataError(f"{archive}: not a readable archive ({exc})") from None
 
 
+def _refused(archive: Path, member: str, why: str) -> DataError:
+    return DataError(f"{archive}: member {member!r} {why}; refusing to extract")
+
+
 def _safe_name(archive: Path, name: str) -> PurePosixPath:
     member = PurePosixPath(name.replace("\\", "/"))
     if member.is_absolute() or name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
-        raise DataError(f"{archive}: member {name!r} has an absolute path; refusing to extract")
+        raise _refused(archive, name, "has an absolute path")
     if ".." in member.parts:
-        raise DataError(f"{archive}: member {name!r} leaves the target folder ('..'); refusing to extract")
+        raise _refused(archive, name, "leaves the target folder ('..')")
     return member
 
 
@@ -173,16 +184,15 @@ def _extract_tar(archive: Path, target: Path) -> None:
                 link = PurePosixPath(member.linkname)
                 base = rel.parent if member.issym() else PurePosixPath()
                 if link.is_absolute() or ".." in (base / link).parts:
-                    raise DataError(
-                        f"{archive}: member {member.name!r} links outside the target folder "
-                        f"({member.linkname!r}); refusing to extract"
+                    raise _refused(
+                        archive, member.name, f"links outside the target folder ({member.linkname!r})"
                     )
                 continue  # links inside the archive are not photos: skip them
             if member.isdev() or member.isfifo():
-                raise DataError(f"{archive}: member {member.name!r} is a device or fifo; refusing to extract")
+                raise _refused(archive, member.name, "is a device or fifo")
             total += member.size
             if member.size > MAX_MEMBER_BYTES or total > MAX_ARCHIVE_BYTES:
-                raise DataError(f"{archive}: member {member.name!r} is too large ({member.size} bytes); refusing to extract")
+                raise _refused(archive, member.name, f"is too large ({member.size} bytes)")
             if member.isdir():
                 (target / rel).mkdir(parents=True, exist_ok=True)
             elif member.isfile():
@@ -198,11 +208,11 @@ def _extract_zip(archive: Path, target: Path) -> None:
         for info in zf.infolist():
             rel = _safe_name(archive, info.filename)
             if stat.S_ISLNK(info.external_attr >> 16):
-                raise DataError(f"{archive}: member {info.filename!r} is a symbolic link; refusing to extract")
+                raise _refused(archive, info.filename, "is a symbolic link")
             total += info.file_size
             too_big = info.file_size > MAX_MEMBER_BYTES or total > MAX_ARCHIVE_BYTES
             if too_big or (info.compress_size and info.file_size / info.compress_size > 1000):
-                raise DataError(f"{archive}: member {info.filename!r} is too large ({info.file_size} bytes); refusing to extract")
+                raise _refused(archive, info.filename, f"is too large ({info.file_size} bytes)")
             dest = target / rel
             if info.is_dir():
                 dest.mkdir(parents=True, exist_ok=True)

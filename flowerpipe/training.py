@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,7 +73,12 @@ def fit(
         }
         log.info(
             "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0f img/s",
-            epoch, cfg.epochs, train_loss, train_acc, metrics["val/loss"], metrics["val/accuracy"],
+            epoch,
+            cfg.epochs,
+            train_loss,
+            train_acc,
+            metrics["val/loss"],
+            metrics["val/accuracy"],
             metrics["train_images_per_second"],
         )
         if metrics["val/accuracy"] > result.best_val_accuracy:
@@ -116,7 +120,7 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss) * len(y)
+        total_loss += float(loss.detach()) * len(y)
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
         bar.set_postfix(loss=total_loss / seen, acc=correct / seen, img_s=seen / (time.perf_counter() - t0))

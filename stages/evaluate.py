@@ -14,17 +14,19 @@ def main() -> None:
     data = load_prepared("data/prepared")
     model, meta = load_trained("models/best.pt")
     device = resolve_device(cfg.train.device)
-    metrics = {}
+    results = {}
     for split in ("test", "val"):
         idx = data.indices(split)
         logits = predict_logits(model, data.images[idx], meta["image_size"], cfg.evaluate.batch_size, device)
-        metrics[split] = classification_metrics(logits, data.labels[idx], data.classes)
-        if split == "test":
-            paths = [data.rows[i]["relpath"] for i in idx]
-            rows = prediction_rows(paths, logits, data.labels[idx], data.classes)
-    write_json("results/evaluate/metrics.json", metrics)
+        results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
+    write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})
+
+    idx, logits, _, per_class = results["test"]
+    paths = [data.rows[i]["relpath"] for i in idx]
+    rows = prediction_rows(paths, logits, data.labels[idx], data.classes)
     write_csv("results/evaluate/predictions.csv", rows)
     write_json("results/evaluate/confusion.json", [{k: r[k] for k in ("actual", "predicted")} for r in rows])
+    write_json("results/evaluate/per_class.json", per_class)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,13 @@ def main() -> None:
     with atomic_path("models/model.onnx") as tmp:
         export_onnx(model, tmp, meta["image_size"], metadata, cfg.export.opset)
         parity = check_parity(
-            model, tmp, data.images[data.indices("val")], meta["image_size"],
-            cfg.export.rtol, cfg.export.atol, cfg.export.min_top1_agreement,
+            model,
+            tmp,
+            data.images[data.indices("val")],
+            meta["image_size"],
+            cfg.export.rtol,
+            cfg.export.atol,
+            cfg.export.min_top1_agreement,
         )
     write_json("results/export/metrics.json", {"parity": parity})
 

@@ -3,13 +3,13 @@
 import csv
 from pathlib import Path
 
+import numpy as np
+
 from flowerpipe.atomic import atomic_path
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.evaluation import confusion_matrix
 from flowerpipe.plots import confusion_figure, curves_figure
-
-import numpy as np
 
 DVCLIVE_PLOTS = Path("results/train/plots/metrics")
 

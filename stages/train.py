@@ -27,17 +27,28 @@ def main() -> None:
             live.next_step()
 
         result = training.fit(
-            model, data.images, data.labels, data.indices("train"), data.indices("val"),
-            cfg.train, cfg.data.image_size, device, on_epoch=log_epoch,
+            model,
+            data.images,
+            data.labels,
+            data.indices("train"),
+            data.indices("val"),
+            cfg.train,
+            cfg.data.image_size,
+            device,
+            on_epoch=log_epoch,
         )
         live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
 
     model.load_state_dict(result.best_state)
     save_trained(
-        model, "models/best.pt", arch=cfg.model.arch, classes=data.classes,
+        model,
+        "models/best.pt",
+        arch=cfg.model.arch,
+        classes=data.classes,
         image_size=cfg.data.image_size,
         resize_size=resize_size(cfg.data.image_size, cfg.data.crop_ratio),
-        epoch=result.best_epoch, val_accuracy=result.best_val_accuracy,
+        epoch=result.best_epoch,
+        val_accuracy=result.best_val_accuracy,
     )
 
 

@@ -1,0 +1,61 @@
+"""Shared fixtures: synthetic flower photos drawn per class, and the real photos when enabled."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ("daisy", "dandelion", "roses")
+# Each class is a shape of its own colour on a noisy background: learnable in one epoch.
+_STYLE = {
+    "daisy": ((240, 240, 240), "ellipse"),
+    "dandelion": ((250, 210, 20), "rectangle"),
+    "roses": ((200, 20, 40), "polygon"),
+}
+
+
+def draw_photo(label: str, rng: np.random.Generator, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    """A small RGB 'photo': background noise with the class's coloured shape at a random place."""
+    w, h = size
+    img = Image.fromarray(rng.integers(40, 120, (h, w, 3), dtype=np.uint8))
+    color, shape = _STYLE[label]
+    x0, y0 = int(rng.integers(0, w // 3)), int(rng.integers(0, h // 3))
+    box = (x0, y0, x0 + w // 2, y0 + h // 2)
+    draw = ImageDraw.Draw(img)
+    if shape == "polygon":
+        draw.polygon([(box[0], box[3]), ((box[0] + box[2]) // 2, box[1]), (box[2], box[3])], fill=color)
+    else:
+        getattr(draw, shape)(box, fill=color)
+    return img
+
+
+def make_photos(root: Path, per_class: int = 24, seed: int = 0, classes=CLASSES) -> Path:
+    """Write `per_class` synthetic JPEGs into root/<class>/ and return root."""
+    rng = np.random.default_rng(seed)
+    for label in classes:
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            draw_photo(label, rng).save(root / label / f"{label}_{i:03d}.jpg", quality=90)
+    return root
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    """A folder of three classes of 24 synthetic photos each."""
+    return make_photos(tmp_path / "photos")
+
+
+@pytest.fixture(scope="session")
+def real_photos() -> Path:
+    """The real flower_photos folder named by FLOWERPIPE_REAL_DATA (`.ci/run` sets it)."""
+    folder = os.environ.get("FLOWERPIPE_REAL_DATA")
+    if not folder:
+        pytest.skip("set FLOWERPIPE_REAL_DATA=<flower_photos folder> to run the real-data tests")
+    path = Path(folder).resolve()
+    assert path.is_dir(), f"FLOWERPIPE_REAL_DATA={folder} is not a folder"
+    return path
