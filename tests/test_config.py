@@ -1,0 +1,174 @@
+"""params.yaml -> Config: defaults, coercion, and one ConfigError naming the key for each bad value."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from flowerpipe.config import FLOWER_PHOTOS_URL, Config, config_from_dict, load_config
+from flowerpipe.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_empty_mapping_gives_defaults() -> None:
+    cfg = config_from_dict({})
+    assert cfg == Config()
+    assert cfg.data.source == FLOWER_PHOTOS_URL
+    assert cfg.data.sha256 is None
+    assert cfg.model.arch == "resnet18"
+    assert cfg.model.weights == "DEFAULT"
+    assert cfg.train.epochs == 10
+    assert cfg.train.lr == pytest.approx(0.001)
+    assert cfg.train.device == "auto"
+    assert cfg.split.val + cfg.split.test < 1
+    assert [next(iter(step)) for step in cfg.train.augment] == ["RandomResizedCrop", "RandomHorizontalFlip"]
+
+
+def test_empty_sections_take_defaults() -> None:
+    assert config_from_dict({"data": None, "train": {}}) == Config()
+
+
+def test_repository_params_file_loads() -> None:
+    cfg = load_config(REPO / "params.yaml")
+    assert isinstance(cfg, Config)
+    assert cfg.data.image_size >= 16
+
+
+def test_values_are_taken_and_coerced() -> None:
+    cfg = config_from_dict(
+        {
+            "data": {"source": "/photos", "image_size": 64, "sha256": "AB" * 32},
+            "split": {"val": 0.2, "test": 0.1, "seed": 7},
+            "model": {"arch": "vgg11", "weights": None},
+            "train": {"epochs": 3, "lr": 1, "device": "cpu", "augment": []},
+        }
+    )
+    assert cfg.data.source == "/photos"
+    assert cfg.data.image_size == 64
+    assert cfg.split.seed == 7
+    assert cfg.model.arch == "vgg11"
+    assert cfg.model.weights is None
+    assert cfg.train.epochs == 3
+    assert cfg.train.lr == 1.0
+    assert isinstance(cfg.train.lr, float)
+    assert cfg.train.augment == []
+
+
+@pytest.mark.parametrize(
+    ("raw", "key"),
+    [
+        ({"model": {"arch": "resnet19"}}, "model.arch"),
+        ({"model": {"arch": "not_a_model"}}, "model.arch"),
+        ({"model": {"weights": "  "}}, "model.weights"),
+        ({"train": {"lr": -0.1}}, "train.lr"),
+        ({"train": {"lr": 0}}, "train.lr"),
+        ({"train": {"lr": "fast"}}, "train.lr"),
+        ({"train": {"lr": True}}, "train.lr"),
+        ({"split": {"val": 0.5, "test": 0.5}}, "split"),
+        ({"split": {"val": 0.7, "test": 0.4}}, "split"),
+        ({"split": {"val": 0}}, "split.val"),
+        ({"split": {"test": 1.5}}, "split.test"),
+        ({"data": {"source": None}}, "data.source"),
+        ({"data": {"source": ""}}, "data.source"),
+        ({"data": {"source": "   "}}, "data.source"),
+        ({"data": {"sha256": "abc"}}, "data.sha256"),
+        ({"data": {"image_size": 8}}, "data.image_size"),
+        ({"data": {"crop_ratio": 0.2}}, "data.crop_ratio"),
+        ({"train": {"lrr": 0.1}}, "train.lrr"),
+        ({"trian": {"lr": 0.1}}, "trian"),
+        ({"train": {"epochs": "ten"}}, "train.epochs"),
+        ({"train": {"epochs": 2.5}}, "train.epochs"),
+        ({"train": {"epochs": 0}}, "train.epochs"),
+        ({"train": {"batch_size": True}}, "train.batch_size"),
+        ({"train": {"device": "gpu"}}, "train.device"),
+        ({"train": {"device": "CUDA"}}, "train.device"),
+        ({"train": {"momentum": 1.0}}, "train.momentum"),
+        ({"train": {"augment": {"RandomHorizontalFlip": {}}}}, "train.augment"),
+        ({"train": {"augment": ["RandomHorizontalFlip"]}}, "train.augment[0]"),
+        ({"train": {"augment": [{}, {"A": {}, "B": {}}]}}, "train.augment[0]"),
+        ({"train": {"augment": [{"RandomHorizontalFlip": 5}]}}, "train.augment[0].RandomHorizontalFlip"),
+        ({"train": 5}, "train"),
+        ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size"),
+        ({"plot": {"dpi": 10}}, "plot.dpi"),
+        ({"export": {"opset": 11}}, "export.opset"),
+        ({"export": {"min_top1_agreement": 1.5}}, "export.min_top1_agreement"),
+    ],
+)
+def test_bad_value_names_its_key(raw: dict[str, Any], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(raw)
+    assert info.value.key == key
+    assert f": {key}: " in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_key_lists_the_known_ones() -> None:
+    with pytest.raises(ConfigError, match=r"train\.lrr: unknown key") as info:
+        config_from_dict({"train": {"lrr": 0.1}})
+    assert "lr" in str(info.value).split("known:")[1]
+
+
+def test_unknown_arch_suggests_close_names() -> None:
+    with pytest.raises(ConfigError, match="resnet18") as info:
+        config_from_dict({"model": {"arch": "resnet19"}})
+    assert info.value.key == "model.arch"
+
+
+@pytest.mark.parametrize("text", ["1e-5", "1E-5", "5e-4"])
+def test_exponent_without_dot_is_a_float(tmp_path: Path, text: str) -> None:
+    # PyYAML (YAML 1.1) reads 1e-5 as the string "1e-5"
+    assert isinstance(yaml.safe_load(f"lr: {text}")["lr"], str)
+    path = tmp_path / "params.yaml"
+    path.write_text(f"train:\n  lr: {text}\n  weight_decay: {text}\n")
+    cfg = load_config(path)
+    assert cfg.train.lr == pytest.approx(float(text))
+    assert isinstance(cfg.train.lr, float)
+    assert cfg.train.weight_decay == pytest.approx(float(text))
+
+
+def test_quoted_exponent_string_is_a_float() -> None:
+    assert config_from_dict({"train": {"lr": "1e-5"}}).train.lr == pytest.approx(1e-5)
+
+
+def test_load_config_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  source: /somewhere/flower_photos\nmodel:\n  weights: null\n")
+    cfg = load_config(path)
+    assert cfg.data.source == "/somewhere/flower_photos"
+    assert cfg.model.weights is None
+    assert cfg.train == Config().train
+
+
+def test_empty_params_file_gives_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("# nothing set\n")
+    assert load_config(path) == Config()
+
+
+def test_bad_value_in_file_names_the_key(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  epochs: ten\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs") as info:
+        load_config(path)
+    assert info.value.key == "train.epochs"
+
+
+def test_missing_params_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "params.yaml"
+    with pytest.raises(ConfigError, match="not found") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("text", ["train: [unclosed\n", "data:\n  source: a\n   bad: indent\n", "a: b: c\n"])
+def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "broken.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match="not valid YAML") as info:
+        load_config(path)
+    assert str(path) in str(info.value)
+    assert "\n" not in str(info.value)

@@ -1,0 +1,281 @@
+"""dataset.prepare on synthetic folders: outputs, skipped files with reasons, odd image modes, EXIF."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import draw_photo, make_photos
+from PIL import Image
+
+from flowerpipe import dataset, preprocess
+from flowerpipe.errors import DataError
+
+RESIZE = 40
+IMAGE_SIZE = 32
+
+
+def prepare(root: Path, out: Path, resize: int = RESIZE) -> dict:
+    return dataset.prepare(root, out, resize=resize, val=0.2, test=0.2, seed=42, workers=2)
+
+
+def read_manifest(out: Path) -> list[dict[str, str]]:
+    with open(out / "manifest.csv", newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def skipped_reasons(out: Path) -> dict[str, str]:
+    report = json.loads((out / "report.json").read_text())
+    return {s["path"]: s["reason"] for s in report["skipped"]}
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Every path under root with its size and mtime."""
+    entries = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            entries[path.relative_to(root).as_posix()] = (st.st_size, st.st_mtime_ns)
+    return entries
+
+
+def exif_rotated_jpeg(path: Path, size: tuple[int, int] = (80, 40), orientation: int = 6) -> None:
+    """A JPEG whose stored pixels are `size` (W x H), tagged to be shown rotated."""
+    w, h = size
+    pixels = np.zeros((h, w, 3), np.uint8)
+    pixels[:, : w // 2] = (250, 20, 20)  # left half red, right half blue as stored
+    pixels[:, w // 2 :] = (20, 20, 250)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif, quality=95)
+
+
+@pytest.fixture
+def messy(tmp_path: Path) -> Path:
+    """Three good classes plus every kind of file prepare must skip or must still read."""
+    root = make_photos(tmp_path / "messy", per_class=12)
+    rng = np.random.default_rng(1)
+    daisy, roses, dandelion = root / "daisy", root / "roses", root / "dandelion"
+    # bad files: skipped with a reason
+    (daisy / "empty.jpg").write_bytes(b"")
+    draw_photo("daisy", rng).save(daisy / "whole.jpg", quality=90)
+    data = (daisy / "whole.jpg").read_bytes()
+    (daisy / "whole.jpg").unlink()
+    (daisy / "truncated.jpg").write_bytes(data[: len(data) // 2])
+    (daisy / "text.jpg").write_text("this is not a JPEG\n")
+    (daisy / "notes.txt").write_text("a note\n")
+    (daisy / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (root / ".DS_Store").write_bytes(b"\x00\x00\x00\x01Bud1")
+    (daisy / ".thumbs").mkdir()
+    draw_photo("daisy", rng).save(daisy / ".thumbs" / "hidden.jpg")
+    (root / ".cache").mkdir()
+    draw_photo("roses", rng).save(root / ".cache" / "x.jpg")
+    (root / "LICENSE.txt").write_text("CC-BY\n")
+    # unusual but valid images: read
+    draw_photo("roses", rng).convert("L").save(roses / "gray.png")
+    draw_photo("roses", rng).convert("CMYK").save(roses / "cmyk.jpg")
+    draw_photo("dandelion", rng).convert("P", palette=Image.Palette.ADAPTIVE).save(dandelion / "palette.png")
+    rgba = draw_photo("dandelion", rng).convert("RGBA")
+    rgba.putalpha(128)
+    rgba.save(dandelion / "rgba.png")
+    draw_photo("daisy", rng, size=(200, 150)).save(daisy / "UPPER.JPG")
+    exif_rotated_jpeg(daisy / "rotated.jpg")
+    return root
+
+
+def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    metrics = prepare(photos, out)
+    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "images.npy", "manifest.csv", "report.json"]
+    rows = read_manifest(out)
+    images = np.load(out / "images.npy")
+    assert images.shape == (len(rows), RESIZE, RESIZE, 3) == (72, RESIZE, RESIZE, 3)
+    assert images.dtype == np.uint8
+    meta = json.loads((out / "dataset.json").read_text())
+    assert meta["classes"] == ["daisy", "dandelion", "roses"]
+    assert meta["resize_size"] == RESIZE
+    assert {r["split"] for r in rows} == {"train", "val", "test"}
+    assert all(r["relpath"].startswith(r["label"] + "/") for r in rows)
+    assert all((r["width"], r["height"]) == ("96", "72") for r in rows)
+    assert json.loads((out / "report.json").read_text())["skipped"] == []
+    assert metrics["images"] == 72
+    assert metrics["skipped"] == 0
+    assert sum(metrics["counts"]["train"].values()) + sum(metrics["counts"]["val"].values()) + sum(
+        metrics["counts"]["test"].values()
+    ) == 72
+
+
+def test_load_prepared_reads_back(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    prepare(photos, out)
+    data = dataset.load_prepared(out)
+    assert data.classes == ["daisy", "dandelion", "roses"]
+    assert isinstance(data.images, np.memmap)
+    assert len(data.labels) == len(data.rows) == len(data.images) == 72
+    assert [data.classes[i] for i in data.labels] == [r["label"] for r in data.rows]
+    all_idx = np.concatenate([data.indices(s) for s in ("train", "val", "test")])
+    assert sorted(all_idx.tolist()) == list(range(72))
+
+
+def test_bad_files_are_skipped_with_reasons(messy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    metrics = prepare(messy, out)
+    reasons = skipped_reasons(out)
+    assert reasons["daisy/empty.jpg"] == "empty file"
+    assert reasons["daisy/truncated.jpg"].startswith("truncated or corrupt image")
+    assert reasons["daisy/text.jpg"] == "not a readable image"
+    assert reasons["daisy/notes.txt"] == "not an image file name"
+    assert reasons["daisy/.DS_Store"] == "hidden"
+    assert reasons[".DS_Store"] == "hidden"
+    assert reasons["daisy/.thumbs/"] == "hidden folder"
+    assert reasons[".cache"] == "hidden"
+    assert reasons["LICENSE.txt"] == "not inside a class folder"
+    assert len(reasons) == 9
+    assert metrics["skipped"] == 9
+    assert metrics["skipped_by_reason"]["truncated or corrupt image"] == 1
+    assert metrics["skipped_by_reason"]["hidden"] == 3
+
+    kept = {r["relpath"] for r in read_manifest(out)}
+    assert not any("/." in p or p.startswith(".") for p in kept)
+    assert not kept & set(reasons)
+    assert json.loads((out / "dataset.json").read_text())["classes"] == ["daisy", "dandelion", "roses"]
+
+
+def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    metrics = prepare(messy, out)
+    rows = read_manifest(out)
+    by_path = {r["relpath"]: i for i, r in enumerate(rows)}
+    for rel in ["roses/gray.png", "roses/cmyk.jpg", "dandelion/palette.png", "dandelion/rgba.png", "daisy/UPPER.JPG"]:
+        assert rel in by_path, rel
+    assert metrics["images"] == 3 * 12 + 6
+    images = np.load(out / "images.npy")
+    assert images.shape == (len(rows), RESIZE, RESIZE, 3)
+    gray = images[by_path["roses/gray.png"]].astype(int)
+    assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+    # half-transparent pixels are composited onto white: brighter than the opaque drawing
+    opaque = preprocess.fit_square(Image.open(messy / "dandelion" / "rgba.png").convert("RGB"), RESIZE)
+    assert images[by_path["dandelion/rgba.png"]].mean() > opaque.mean() + 20
+    cmyk = images[by_path["roses/cmyk.jpg"]]
+    assert cmyk.std() > 10  # a real picture, not a blank square
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="preprocess.load_rgb converts 16-bit grayscale (mode I;16) with img.convert('RGB'), which clips "
+    "values > 255: the photo becomes an all-white square",
+)
+def test_16bit_grayscale_png_keeps_its_content(tmp_path: Path) -> None:
+    ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))  # dark left, bright right
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode == "I;16"
+    rgb = np.asarray(preprocess.load_rgb(tmp_path / "deep.png"))
+    assert rgb[:, :8].mean() < 64
+    assert rgb[:, -8:].mean() > 192
+
+
+def test_exif_orientation_is_applied(tmp_path: Path) -> None:
+    path = tmp_path / "rotated.jpg"
+    exif_rotated_jpeg(path, size=(80, 40), orientation=6)
+    with Image.open(path) as raw:
+        assert raw.size == (80, 40)
+    upright = preprocess.load_rgb(path)
+    assert upright.size == (40, 80)
+    pixels = np.asarray(upright).astype(int)
+    # orientation 6: rotate 90 degrees clockwise, so the stored left half (red) ends up on top
+    assert pixels[:20, :, 0].mean() > 200 and pixels[:20, :, 2].mean() < 60
+    assert pixels[-20:, :, 2].mean() > 200 and pixels[-20:, :, 0].mean() < 60
+    # the JPEG draft shortcut keeps the orientation
+    assert preprocess.load_rgb(path, draft_size=10).size == (10, 20)
+
+
+def test_exif_rotation_reaches_the_cache(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "photos", per_class=10)
+    exif_rotated_jpeg(root / "daisy" / "rotated.jpg", size=(80, 40))
+    out = tmp_path / "prepared"
+    prepare(root, out)
+    rows = read_manifest(out)
+    i = next(i for i, r in enumerate(rows) if r["relpath"] == "daisy/rotated.jpg")
+    square = np.load(out / "images.npy")[i].astype(int)
+    # the centre crop of the upright portrait: red in the top half, blue in the bottom half
+    assert square[: RESIZE // 2 - 2, :, 0].mean() > 200
+    assert square[RESIZE // 2 + 2 :, :, 2].mean() > 200
+
+
+def test_fewer_than_two_classes_is_an_error(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "one", per_class=5, classes=("daisy",))
+    with pytest.raises(DataError, match="need at least two"):
+        prepare(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_no_class_folders_is_an_error(tmp_path: Path) -> None:
+    root = tmp_path / "flat"
+    root.mkdir()
+    draw_photo("daisy", np.random.default_rng(0)).save(root / "a.jpg")
+    with pytest.raises(DataError, match="found 0 class folder"):
+        prepare(root, tmp_path / "out")
+
+
+def test_class_with_only_bad_files_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "photos", per_class=10, classes=("daisy", "dandelion"))
+    (root / "tulips").mkdir()
+    (root / "tulips" / "a.jpg").write_bytes(b"")
+    (root / "tulips" / "b.jpg").write_text("not an image")
+    (root / "tulips" / "readme.txt").write_text("hi")
+    with pytest.raises(DataError, match="'tulips' has no readable images"):
+        prepare(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_source_folder_is_not_modified(messy: Path, tmp_path: Path) -> None:
+    before = snapshot(messy)
+    prepare(messy, tmp_path / "prepared")
+    assert snapshot(messy) == before
+
+
+def test_prepare_replaces_an_earlier_output(photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    out.mkdir()
+    (out / "stale.txt").write_text("old")
+    prepare(photos, out)
+    assert not (out / "stale.txt").exists()
+    assert (out / "manifest.csv").exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_preprocess_file_matches_the_cache(messy: Path, tmp_path: Path) -> None:
+    """The raw-file path used for serving and the decoded cache used for training agree exactly."""
+    out = tmp_path / "prepared"
+    prepare(messy, out)
+    rows = read_manifest(out)
+    images = np.load(out / "images.npy")
+    assert len(rows) > 30
+    for row, square in zip(rows, images, strict=True):
+        direct = preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE)
+        assert direct.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
+        assert direct.dtype == np.uint8
+        np.testing.assert_array_equal(direct, preprocess.center_crop(square, IMAGE_SIZE), err_msg=row["relpath"])
+    # an open file object gives the same pixels as the path
+    row = next(r for r in rows if r["relpath"] == "daisy/UPPER.JPG")
+    with open(messy / row["relpath"], "rb") as f:
+        from_stream = preprocess.preprocess_file(f, IMAGE_SIZE, RESIZE)
+    np.testing.assert_array_equal(from_stream, preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE))
+
+
+def test_center_crop_and_model_input() -> None:
+    images = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
+    crop = preprocess.center_crop(images, 4)
+    np.testing.assert_array_equal(crop, images[:, 1:5, 1:5, :])
+    np.testing.assert_array_equal(preprocess.center_crop(images[0], 2), images[0, 2:4, 2:4, :])
+    x = preprocess.to_model_input(np.full((1, 2, 2, 3), 255, np.uint8))
+    assert x.shape == (1, 3, 2, 2)
+    assert x.dtype == np.float32
+    expected = (1 - np.array(preprocess.MEAN)) / np.array(preprocess.STD)
+    np.testing.assert_allclose(x[0, :, 0, 0], expected, rtol=1e-6)
+    assert preprocess.resize_size(224, 0.875) == 256

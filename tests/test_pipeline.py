@@ -1,0 +1,186 @@
+"""The whole pipeline through real `dvc` commands, in a throwaway git + DVC repo."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import yaml
+
+from conftest import REPO, make_photos
+
+STAGES = ("prepare", "train", "evaluate", "plot", "export")
+SMALL = {"model": {"weights": None}, "data": {"image_size": 32}, "train": {"epochs": 2, "batch_size": 16}}
+
+
+class DvcRepo:
+    """A git + DVC repo holding a copy of the project's pipeline files."""
+
+    def __init__(self, path: Path, template: DvcRepo | None = None) -> None:
+        self.path = path
+        bindir = str(Path(sys.executable).parent)  # `python` in dvc.yaml must be this venv's
+        self.env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        }
+        if template:  # a copy of another repo, its DVC cache and outputs included
+            shutil.copytree(template.path, path, symlinks=True)
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+            shutil.copy(REPO / name, path / name)
+        for folder in ("stages", "flowerpipe"):
+            shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        self.run("git", "init", "-q")
+        self.dvc("init", "-q")
+        self.commit("pipeline")
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message, "--allow-empty")
+
+    def set_params(self, changes: dict) -> None:
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        for section, values in changes.items():
+            params[section].update(values)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def json(self, relpath: str):
+        return json.loads((self.path / relpath).read_text())
+
+
+def stages_run(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[DvcRepo, str]:
+    """A repo on small synthetic params after one `dvc repro`, committed; and that repro's output."""
+    base = tmp_path_factory.mktemp("pipeline")
+    photos = make_photos(base / "photos")
+    repo = DvcRepo(base / "repo")
+    repo.set_params({**SMALL, "data": {**SMALL["data"], "source": str(photos)}})
+    repo.commit("small synthetic params")
+    output = repo.dvc("repro").stdout
+    repo.commit("first run")
+    return repo, output
+
+
+@pytest.fixture
+def repo(reproduced: tuple[DvcRepo, str], tmp_path: Path) -> DvcRepo:
+    """A fresh copy of the reproduced repo for a test to change."""
+    return DvcRepo(tmp_path / "repo", template=reproduced[0])
+
+
+def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], repo: DvcRepo) -> None:
+    assert stages_run(reproduced[1]) == list(STAGES)
+    for out in ("models/best.pt", "models/model.onnx", "results/plots/curves.png", "results/plots/confusion.png"):
+        assert (repo.path / out).stat().st_size > 0, out
+
+    prepared = repo.json("results/prepare/metrics.json")
+    assert prepared["images"] == 72 and prepared["skipped"] == 0
+    assert sum(prepared["counts"]["test"].values()) > 0
+    test = repo.json("results/evaluate/metrics.json")["test"]
+    assert test["images"] == sum(prepared["counts"]["test"].values())
+    assert 0 <= test["accuracy"] <= 1
+    parity = repo.json("results/export/metrics.json")["parity"]
+    assert parity["within_tolerance"] and parity["top1_agreement"] == 1.0
+
+    confusion = repo.json("results/evaluate/confusion.json")
+    assert {row["actual"] for row in confusion} <= {"daisy", "dandelion", "roses"}
+    with open(repo.path / "results/evaluate/predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == test["images"]
+    assert [row["predicted"] for row in rows] == [row["predicted"] for row in confusion]
+
+    session = ort.InferenceSession(str(repo.path / "models/model.onnx"), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["classes"]) == ["daisy", "dandelion", "roses"]
+    logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert logits.shape == (3, 3)
+
+    again = repo.dvc("repro")
+    assert stages_run(again.stdout) == []
+    assert "up to date" in repo.dvc("status").stdout
+
+
+def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
+    repo.set_params({"plot": {"dpi": 80}})
+    diff = repo.dvc("params", "diff", "--json")
+    assert json.loads(diff.stdout)["params.yaml"]["plot.dpi"] == {"old": 120, "new": 80, "diff": -40}
+    assert stages_run(repo.dvc("repro").stdout) == ["plot"]
+
+    metrics = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+    files = next(iter(metrics.values()))["data"]
+    assert {"results/evaluate/metrics.json", "results/export/metrics.json"} <= set(files)
+
+    plots = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
+    assert {"Loss", "Accuracy", "results/evaluate/confusion.json", "F1 per class (test)"} <= set(plots)
+    assert {"results/plots/curves.png", "results/plots/confusion.png"} <= set(plots)
+    for name in ("Loss", "Accuracy", "results/evaluate/confusion.json", "F1 per class (test)"):
+        assert plots[name][0]["content"]["data"]["values"], f"plot {name} has no data"
+    for name in ("Loss", "Accuracy"):  # train and val in one plot
+        assert len({row["filename"] for row in plots[name][0]["content"]["data"]["values"]}) == 2
+
+
+def test_experiment_with_another_arch(repo: DvcRepo) -> None:
+    repo.dvc("exp", "run", "-S", "model.arch=mobilenet_v3_small", "-S", "train.epochs=1")
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    experiments = [exp for rev in shown for exp in rev.get("experiments") or []]
+    params = [e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"] for e in experiments]
+    assert "mobilenet_v3_small" in params
+    assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+
+
+def test_bad_param_stops_with_one_line_naming_the_key(repo: DvcRepo) -> None:
+    before = (repo.path / "data/prepared/manifest.csv").read_bytes()
+    repo.set_params({"split": {"val": 0.6, "test": 0.5}})
+    done = repo.run(sys.executable, "stages/prepare.py", check=False)
+    assert done.returncode == 1
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: params.yaml: split:") and "Traceback" not in done.stderr
+    assert (repo.path / "data/prepared/manifest.csv").read_bytes() == before  # nothing half-written
+
+
+@pytest.mark.real_data
+def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> None:
+    """The README's offline command on the real photos: all five stages at small settings."""
+    repo = DvcRepo(tmp_path / "repo")
+    done = repo.dvc(
+        "exp", "run", "-S", f"data.source={real_photos}", "-S", "model.weights=null",
+        "-S", "data.image_size=64", "-S", "train.epochs=1",
+    )
+    assert stages_run(done.stdout) == list(STAGES)
+    prepared = repo.json("results/prepare/metrics.json")
+    listed = (real_photos.parent / "flower_photos.sha256").read_text().split("\n")
+    expected = {line.split()[0] for line in listed if line.strip()}
+    with open(repo.path / "data/prepared/manifest.csv") as f:
+        assert {row["sha256"] for row in csv.DictReader(f)} == expected
+    assert prepared["images"] == 3670 and prepared["skipped"] == 0
+    assert set(prepared["counts"]["test"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    test = repo.json("results/evaluate/metrics.json")["test"]
+    assert test["accuracy"] > 0.3  # one epoch from random weights at 64 px; chance is 0.2
+    assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+

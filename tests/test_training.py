@@ -1,0 +1,181 @@
+"""training.fit on a tiny prepared synthetic dataset, and the augmentation built from params."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+from conftest import make_photos
+
+from flowerpipe import dataset, training
+from flowerpipe.config import TrainConfig
+from flowerpipe.dataset import Prepared
+from flowerpipe.errors import ConfigError
+from flowerpipe.evaluation import predict_logits
+from flowerpipe.models import build_model
+from flowerpipe.transforms import augment_batch, build_augment, center_crop_batch, normalize
+
+RESIZE, IMAGE_SIZE = 40, 32
+CPU = torch.device("cpu")
+TIMING_KEYS = {"epoch_seconds", "train_images_per_second"}
+CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
+    root = make_photos(tmp_path_factory.mktemp("photos"))
+    out = tmp_path_factory.mktemp("prepared") / "prepared"
+    dataset.prepare(root, out, resize=RESIZE, val=0.2, test=0.2, seed=42, workers=2)
+    return dataset.load_prepared(out)
+
+
+def run_fit(data: Prepared, cfg: TrainConfig = CFG, model: torch.nn.Module | None = None, on_epoch=None):
+    if model is None:
+        torch.manual_seed(123)  # the same random weights for every run
+        model = build_model("resnet18", None, len(data.classes))
+    result = training.fit(
+        model,
+        data.images,
+        data.labels,
+        data.indices("train"),
+        data.indices("val"),
+        cfg,
+        IMAGE_SIZE,
+        CPU,
+        on_epoch=on_epoch,
+    )
+    return model, result
+
+
+def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def test_fit_records_each_epoch_and_keeps_the_best(prepared: Prepared) -> None:
+    seen: list[dict[str, float]] = []
+    _, result = run_fit(prepared, on_epoch=seen.append)
+    history = result.history
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert seen == history
+    for h in history:
+        for key in ("train/loss", "val/loss"):
+            assert math.isfinite(h[key]) and h[key] > 0
+        for key in ("train/accuracy", "val/accuracy"):
+            assert 0.0 <= h[key] <= 1.0
+        assert h["lr"] == pytest.approx(0.01)
+        assert h["epoch_seconds"] > 0 and h["train_images_per_second"] > 0
+    best = max(history, key=lambda h: h["val/accuracy"])
+    assert result.best_val_accuracy == best["val/accuracy"]
+    assert result.best_epoch == best["epoch"]
+
+    # best_state loads into a fresh model and reproduces the best epoch's val accuracy
+    fresh = build_model("resnet18", None, len(prepared.classes))
+    fresh.load_state_dict(result.best_state)
+    val = prepared.indices("val")
+    logits = predict_logits(fresh, np.asarray(prepared.images[val]), IMAGE_SIZE, 16, CPU)
+    assert float((logits.argmax(1) == prepared.labels[val]).mean()) == pytest.approx(result.best_val_accuracy)
+
+
+def test_same_seed_gives_the_same_run(prepared: Prepared) -> None:
+    _, first = run_fit(prepared)
+    _, second = run_fit(prepared)
+    assert without_timings(first.history) == without_timings(second.history)
+    assert first.best_epoch == second.best_epoch
+    assert first.best_state.keys() == second.best_state.keys()
+    for key, value in first.best_state.items():
+        assert torch.equal(value, second.best_state[key]), key
+
+
+def test_other_seed_gives_another_run(prepared: Prepared) -> None:
+    _, first = run_fit(prepared)
+    _, other = run_fit(prepared, TrainConfig(epochs=2, batch_size=16, lr=0.01, device="cpu", seed=1))
+    assert first.history[0]["train/loss"] != other.history[0]["train/loss"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="train.seed does not drive the new head's init, although params.yaml and training.fit say so: "
+    "build_model creates the head from the global torch RNG before fit calls torch.manual_seed(cfg.seed), "
+    "and stages/train.py seeds nothing before build_model, so two runs with the same params differ",
+)
+def test_train_seed_drives_the_head_init(prepared: Prepared, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone.pth"  # fixed 'pretrained' weights: only the new head is random
+    torch.save(tvm.get_model("resnet18", weights=None).state_dict(), backbone)
+    runs = []
+    for global_state in (1, 2):  # whatever happened to the global RNG before the stage built the model
+        torch.manual_seed(global_state)
+        model = build_model("resnet18", str(backbone), len(prepared.classes))
+        runs.append(run_fit(prepared, model=model)[1])
+    assert without_timings(runs[0].history) == without_timings(runs[1].history)
+
+
+# --- augmentation ----------------------------------------------------------------------------------
+
+
+def test_unknown_transform_names_its_position() -> None:
+    spec = [{"RandomFlipp": {}}, {"RandomHorizontalFlip": {}}]
+    with pytest.raises(ConfigError, match="RandomFlipp") as info:
+        build_augment(spec, IMAGE_SIZE)
+    assert info.value.key == "train.augment[0]"
+
+
+@pytest.mark.parametrize("name", ["functional", "InterpolationMode", "Tensor", "__class__"])
+def test_things_that_are_not_transforms_are_refused(name: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        build_augment([{"RandomHorizontalFlip": {}}, {name: {}}], IMAGE_SIZE)
+    assert info.value.key == "train.augment[1]"
+
+
+def test_bad_transform_arguments_name_the_transform() -> None:
+    with pytest.raises(ConfigError) as info:
+        build_augment([{"RandomRotation": {"degrees": 10, "no_such_arg": 1}}], IMAGE_SIZE)
+    assert info.value.key == "train.augment[0].RandomRotation"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        [{"RandomHorizontalFlip": {}}],
+        [{"RandomHorizontalFlip": None}],
+        [],
+        [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}],
+        [{"Resize": {}}],
+        [{"ColorJitter": {"brightness": 0.3}}],
+    ],
+)
+def test_augment_output_is_image_size(spec: list) -> None:
+    augment = build_augment(spec, IMAGE_SIZE)
+    image = torch.randint(0, 256, (3, RESIZE, RESIZE + 10), dtype=torch.uint8)
+    out = augment(image)
+    assert out.shape == (3, IMAGE_SIZE, IMAGE_SIZE)
+    assert out.dtype == torch.uint8
+
+
+def test_certain_flip_flips_the_centre_crop() -> None:
+    augment = build_augment([{"RandomHorizontalFlip": {"p": 1.0}}], IMAGE_SIZE)
+    image = torch.randint(0, 256, (3, RESIZE, RESIZE), dtype=torch.uint8)
+    crop = center_crop_batch(image[None], IMAGE_SIZE)[0]
+    assert torch.equal(augment(image), crop.flip(-1))
+
+
+def test_augment_batch_draws_per_image() -> None:
+    torch.manual_seed(0)
+    augment = build_augment([{"RandomHorizontalFlip": {}}], IMAGE_SIZE)
+    image = torch.arange(RESIZE, dtype=torch.uint8).repeat(3, RESIZE, 1)  # a horizontal ramp
+    out = augment_batch(image.repeat(32, 1, 1, 1), augment)
+    assert out.shape == (32, 3, IMAGE_SIZE, IMAGE_SIZE)
+    flipped = [bool(o[0, 0, 0] > o[0, 0, -1]) for o in out]
+    assert 0 < sum(flipped) < 32
+
+
+def test_normalize_uses_imagenet_statistics() -> None:
+    images = torch.tensor([0, 255], dtype=torch.uint8).view(1, 1, 1, 2).repeat(1, 3, 1, 1)
+    x = normalize(images)
+    assert x.dtype == torch.float32
+    torch.testing.assert_close(x[0, :, 0, 0], -torch.tensor([0.485, 0.456, 0.406]) / torch.tensor([0.229, 0.224, 0.225]))
+    torch.testing.assert_close(x[0, :, 0, 1], torch.tensor([0.515, 0.544, 0.594]) / torch.tensor([0.229, 0.224, 0.225]))
