@@ -138,9 +138,11 @@ def load_config(path: str | Path = "params.yaml") -> Config:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ConfigError(str(path), "file not found") from None
+        raise ConfigError("", "file not found", file=str(path)) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("", f"cannot be read ({exc})", file=str(path)) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(str(path), f"not valid YAML: {exc}".replace("\n", " ")) from None
+        raise ConfigError("", f"not valid YAML: {exc}".replace("\n", " "), file=str(path)) from None
     return config_from_dict(raw or {})
 
 
@@ -166,7 +168,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     for name, value in raw.items():
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
-            values[name] = _build(hint, value or {}, f"{prefix}{name}.")
+            values[name] = _build(hint, {} if value is None else value, f"{prefix}{name}.")
         else:
             values[name] = _coerce(value, hint, f"{prefix}{name}")
     return cls(**values)

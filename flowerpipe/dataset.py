@@ -27,6 +27,7 @@ from .errors import DataError
 from .split import assign_splits, split_counts
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+ORIENTATION_TAG = 0x0112
 MANIFEST_FIELDS = ("relpath", "label", "split", "sha256", "width", "height")
 
 
@@ -51,12 +52,17 @@ class Prepared:
         return np.flatnonzero(self.splits == split)
 
 
+def is_hidden(name: str) -> bool:
+    """Hidden files and folders, and the resource folder that macOS adds to zip archives."""
+    return name.startswith(".") or name == "__MACOSX"
+
+
 def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
     """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files."""
     classes, files, skipped = [], [], []
     for entry in sorted(root.iterdir()):
         rel = entry.name
-        if entry.name.startswith("."):
+        if is_hidden(entry.name):
             skipped.append(Skipped(rel, "hidden"))
         elif not entry.is_dir():
             skipped.append(Skipped(rel, "not inside a class folder"))
@@ -65,12 +71,12 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
             for dirpath, dirnames, filenames in os.walk(entry):
                 here = Path(dirpath).relative_to(root)
                 for d in sorted(dirnames):
-                    if d.startswith("."):
+                    if is_hidden(d):
                         skipped.append(Skipped((here / d).as_posix() + "/", "hidden folder"))
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 for name in sorted(filenames):
                     relpath = (here / name).as_posix()
-                    if name.startswith("."):
+                    if is_hidden(name):
                         skipped.append(Skipped(relpath, "hidden"))
                     elif Path(name).suffix.lower() not in IMAGE_SUFFIXES:
                         skipped.append(Skipped(relpath, "not an image file name"))
@@ -87,6 +93,8 @@ def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int]:
     try:
         with Image.open(path) as probe:
             width, height = probe.size
+            if probe.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # stored sideways
+                width, height = height, width
         square = preprocess.fit_square(preprocess.load_rgb(path, draft_size=resize), resize)
     except UnidentifiedImageError:
         raise ValueError("not a readable image") from None

@@ -8,8 +8,8 @@ class FlowerpipeError(Exception):
 class ConfigError(FlowerpipeError):
     """A params.yaml key is missing, unknown, or has a bad value."""
 
-    def __init__(self, key: str, problem: str) -> None:
-        super().__init__(f"params.yaml: {key}: {problem}")
+    def __init__(self, key: str, problem: str, file: str = "params.yaml") -> None:
+        super().__init__(f"{file}: {key}: {problem}" if key else f"{file}: {problem}")
         self.key = key
 
 

@@ -13,29 +13,27 @@ from torch import nn
 
 from .errors import ConfigError
 
-# Models whose auxiliary classifiers would make forward() return a tuple while training.
-_AUX_LOGITS = {"googlenet", "inception_v3"}
 
-
-def build_model(arch: str, weights: str | None, num_classes: int) -> nn.Module:
+def build_model(arch: str, weights: str | None, num_classes: int, seed: int = 0) -> nn.Module:
     """`arch` with `weights` (a torchvision weights name, a state_dict file, or None), its
-    classifier replaced by a fresh `num_classes`-way layer."""
-    kwargs: dict[str, Any] = {"aux_logits": False} if arch in _AUX_LOGITS else {}
-    if weights is None:
-        model = tvm.get_model(arch, weights=None, **kwargs)
-    elif _looks_like_path(weights):
-        model = tvm.get_model(arch, weights=None, **kwargs)
-        model.load_state_dict(_read_state_dict(weights, arch))
-    else:
-        model = _pretrained(arch, weights, kwargs)
-    return replace_head(model, num_classes)
+    classifier replaced by a fresh `num_classes`-way layer initialised from `seed`."""
+    with torch.random.fork_rng(devices=[]):  # seeded init, global RNG left as it was
+        torch.manual_seed(seed)
+        if weights is None or _looks_like_path(weights):
+            model = tvm.get_model(arch, weights=None)
+            if weights is not None:
+                _load_state_dict(model, weights, arch)
+        else:
+            model = _pretrained(arch, weights)
+        _drop_aux_heads(model)
+        return replace_head(model, num_classes)
 
 
 def _looks_like_path(weights: str) -> bool:
-    return os.sep in weights or "/" in weights or weights.endswith((".pt", ".pth")) or Path(weights).exists()
+    return "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth")) or Path(weights).exists()
 
 
-def _read_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
+def _load_state_dict(model: nn.Module, path: str, arch: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError("model.weights", f"{path}: no such file")
@@ -45,19 +43,16 @@ def _read_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
         raise ConfigError("model.weights", f"{path}: not a loadable state_dict ({exc})") from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    model = tvm.get_model(arch, weights=None)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    if missing or any(state[k].shape != v.shape for k, v in expected.items()):
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        first = str(exc).strip().splitlines()[-1].strip()
         raise ConfigError(
-            "model.weights",
-            f"{path}: does not fit {arch} as torchvision builds it "
-            f"({'missing ' + missing[0] if missing else 'tensor shapes differ'})",
-        )
-    return state
+            "model.weights", f"{path}: does not fit {arch} as torchvision builds it ({first})"
+        ) from None
 
 
-def _pretrained(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
+def _pretrained(arch: str, name: str) -> nn.Module:
     enum = tvm.get_model_weights(arch)
     if name != "DEFAULT" and name not in enum.__members__:
         known = ", ".join(["DEFAULT", *enum.__members__])
@@ -66,7 +61,7 @@ def _pretrained(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
         )
     weights = enum.DEFAULT if name == "DEFAULT" else enum[name]
     try:
-        return tvm.get_model(arch, weights=weights, **kwargs)
+        return tvm.get_model(arch, weights=weights)
     except (urllib.error.URLError, OSError) as exc:
         target = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
         raise ConfigError(
@@ -75,6 +70,16 @@ def _pretrained(arch: str, name: str, kwargs: dict[str, Any]) -> nn.Module:
             f"Offline: put that file at {target} (TORCH_HOME moves it), or set model.weights "
             "to a local state_dict path, or to null to train from random weights",
         ) from None
+
+
+def _drop_aux_heads(model: nn.Module) -> None:
+    """GoogLeNet and Inception-v3 train auxiliary classifiers that make forward() return a tuple;
+    drop them after loading weights, as torchvision does for aux_logits=False."""
+    if getattr(model, "aux_logits", False):
+        model.aux_logits = False
+        for name in ("aux1", "aux2", "AuxLogits"):
+            if hasattr(model, name):
+                setattr(model, name, None)
 
 
 def replace_head(model: nn.Module, num_classes: int) -> nn.Module:

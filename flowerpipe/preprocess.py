@@ -32,6 +32,8 @@ def load_rgb(source: str | os.PathLike[str] | BinaryIO, draft_size: int | None =
             img.draft("RGB", (draft_size, draft_size))
         img.load()
         img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16B", "I;16L"):  # 16-bit grey: convert() would clip at 255
+        img = Image.fromarray((np.asarray(img, dtype=np.float32) / 257).clip(0, 255).astype(np.uint8))
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, write_json
+from .dataset import is_hidden
 from .errors import DataError
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,14 @@ def download(url: str, raw_dir: Path, sha256: str | None, retries: int = 3) -> P
 def _fetch(url: str, part: Path) -> None:
     have = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
-    with urllib.request.urlopen(request, timeout=60) as response:
+    try:
+        response = urllib.request.urlopen(request, timeout=60)
+    except urllib.error.HTTPError as exc:
+        if exc.code != 416 or not have:
+            raise
+        part.unlink()  # the partial file is already whole or stale: start over
+        return _fetch(url, part)
+    with response:
         resumed = response.status == 206
         total = int(response.headers.get("Content-Length", 0)) + (have if resumed else 0)
         mode = "ab" if resumed else "wb"
@@ -227,10 +235,10 @@ def find_class_root(folder: Path) -> Path:
     (flower_photos.tgz holds flower_photos/ with the classes and a LICENSE.txt)."""
     current = folder
     while True:
-        subdirs = [p for p in current.iterdir() if p.is_dir() and not p.name.startswith(".")]
+        subdirs = [p for p in current.iterdir() if p.is_dir() and not is_hidden(p.name)]
         if len(subdirs) != 1:
             return current
         only = subdirs[0]
-        if not any(p.is_dir() and not p.name.startswith(".") for p in only.iterdir()):
+        if not any(p.is_dir() and not is_hidden(p.name) for p in only.iterdir()):
             return current  # a single class: let validation say so
         current = only

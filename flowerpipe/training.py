@@ -42,7 +42,7 @@ def fit(
     `images` are uint8 NHWC squares (the prepared cache); `on_epoch` receives each epoch's
     metrics (train/val loss and accuracy, learning rate, seconds, images/s).
     """
-    torch.manual_seed(cfg.seed)  # init of the new head and every augmentation draw
+    torch.manual_seed(cfg.seed)  # every augmentation draw (build_model seeds the init)
     rng = np.random.default_rng(cfg.seed)  # data order
     augment = build_augment(cfg.augment, image_size)
     model.to(device)

@@ -15,7 +15,7 @@ def main() -> None:
     cfg = load_config()
     data = load_prepared("data/prepared")
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes))
+    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), seed=cfg.train.seed)
 
     with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
 

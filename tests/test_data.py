@@ -91,7 +91,12 @@ def messy(tmp_path: Path) -> Path:
 def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     metrics = prepare(photos, out)
-    assert sorted(p.name for p in out.iterdir()) == ["dataset.json", "images.npy", "manifest.csv", "report.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "dataset.json",
+        "images.npy",
+        "manifest.csv",
+        "report.json",
+    ]
     rows = read_manifest(out)
     images = np.load(out / "images.npy")
     assert images.shape == (len(rows), RESIZE, RESIZE, 3) == (72, RESIZE, RESIZE, 3)
@@ -105,9 +110,8 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     assert json.loads((out / "report.json").read_text())["skipped"] == []
     assert metrics["images"] == 72
     assert metrics["skipped"] == 0
-    assert sum(metrics["counts"]["train"].values()) + sum(metrics["counts"]["val"].values()) + sum(
-        metrics["counts"]["test"].values()
-    ) == 72
+    assert sum(n for split in metrics["counts"].values() for n in split.values()) == 72
+    assert metrics["width"] == {"min": 96, "median": 96, "max": 96}
 
 
 def test_load_prepared_reads_back(photos: Path, tmp_path: Path) -> None:
@@ -151,7 +155,13 @@ def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
     metrics = prepare(messy, out)
     rows = read_manifest(out)
     by_path = {r["relpath"]: i for i, r in enumerate(rows)}
-    for rel in ["roses/gray.png", "roses/cmyk.jpg", "dandelion/palette.png", "dandelion/rgba.png", "daisy/UPPER.JPG"]:
+    for rel in [
+        "roses/gray.png",
+        "roses/cmyk.jpg",
+        "dandelion/palette.png",
+        "dandelion/rgba.png",
+        "daisy/UPPER.JPG",
+    ]:
         assert rel in by_path, rel
     assert metrics["images"] == 3 * 12 + 6
     images = np.load(out / "images.npy")
@@ -165,11 +175,6 @@ def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
     assert cmyk.std() > 10  # a real picture, not a blank square
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="preprocess.load_rgb converts 16-bit grayscale (mode I;16) with img.convert('RGB'), which clips "
-    "values > 255: the photo becomes an all-white square",
-)
 def test_16bit_grayscale_png_keeps_its_content(tmp_path: Path) -> None:
     ramp = np.tile(np.linspace(0, 65535, 64).astype(np.uint16), (48, 1))  # dark left, bright right
     Image.fromarray(ramp).save(tmp_path / "deep.png")
@@ -260,12 +265,16 @@ def test_preprocess_file_matches_the_cache(messy: Path, tmp_path: Path) -> None:
         direct = preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE)
         assert direct.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
         assert direct.dtype == np.uint8
-        np.testing.assert_array_equal(direct, preprocess.center_crop(square, IMAGE_SIZE), err_msg=row["relpath"])
+        np.testing.assert_array_equal(
+            direct, preprocess.center_crop(square, IMAGE_SIZE), err_msg=row["relpath"]
+        )
     # an open file object gives the same pixels as the path
     row = next(r for r in rows if r["relpath"] == "daisy/UPPER.JPG")
     with open(messy / row["relpath"], "rb") as f:
         from_stream = preprocess.preprocess_file(f, IMAGE_SIZE, RESIZE)
-    np.testing.assert_array_equal(from_stream, preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE))
+    np.testing.assert_array_equal(
+        from_stream, preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE)
+    )
 
 
 def test_center_crop_and_model_input() -> None:

@@ -17,6 +17,15 @@ from flowerpipe.models import build_model, load_trained, replace_head, save_trai
 RESNET18_FILE = Path(tvm.ResNet18_Weights.DEFAULT.url).name  # resnet18-f37072fd.pth
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def marked_resnet18_state() -> dict[str, torch.Tensor]:
     """A full torchvision resnet18 state_dict (1000 classes) whose conv1 is all 0.5."""
     torch.manual_seed(0)
@@ -105,13 +114,6 @@ def test_local_checkpoint_with_state_dict_key(tmp_path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::FutureWarning")  # googlenet's note on its default init
-@pytest.mark.xfail(
-    strict=True,
-    raises=RuntimeError,
-    reason="models.build_model builds googlenet/inception_v3 with aux_logits=False but _read_state_dict "
-    "validates against the default aux_logits=True model, so a torchvision state_dict passes the check "
-    "and then load_state_dict raises RuntimeError (unexpected aux1.* keys) instead of loading",
-)
 def test_local_state_dict_file_for_a_model_with_aux_heads(tmp_path: Path) -> None:
     torch.manual_seed(0)
     source = tvm.get_model("googlenet", weights=None, init_weights=False)

@@ -14,7 +14,6 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import yaml
-
 from conftest import REPO, make_photos
 
 STAGES = ("prepare", "train", "evaluate", "plot", "export")
@@ -96,7 +95,12 @@ def repo(reproduced: tuple[DvcRepo, str], tmp_path: Path) -> DvcRepo:
 
 def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], repo: DvcRepo) -> None:
     assert stages_run(reproduced[1]) == list(STAGES)
-    for out in ("models/best.pt", "models/model.onnx", "results/plots/curves.png", "results/plots/confusion.png"):
+    for out in (
+        "models/best.pt",
+        "models/model.onnx",
+        "results/plots/curves.png",
+        "results/plots/confusion.png",
+    ):
         assert (repo.path / out).stat().st_size > 0, out
 
     prepared = repo.json("results/prepare/metrics.json")
@@ -169,8 +173,16 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
     """The README's offline command on the real photos: all five stages at small settings."""
     repo = DvcRepo(tmp_path / "repo")
     done = repo.dvc(
-        "exp", "run", "-S", f"data.source={real_photos}", "-S", "model.weights=null",
-        "-S", "data.image_size=64", "-S", "train.epochs=1",
+        "exp",
+        "run",
+        "-S",
+        f"data.source={real_photos}",
+        "-S",
+        "model.weights=null",
+        "-S",
+        "data.image_size=64",
+        "-S",
+        "train.epochs=1",
     )
     assert stages_run(done.stdout) == list(STAGES)
     prepared = repo.json("results/prepare/metrics.json")
@@ -183,4 +195,3 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
     test = repo.json("results/evaluate/metrics.json")["test"]
     assert test["accuracy"] > 0.3  # one epoch from random weights at 64 px; chance is 0.2
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
-

@@ -35,7 +35,9 @@ def archive_members() -> dict[str, bytes]:
     members = {f"{WRAPPER}/LICENSE.txt": b"All images are licensed CC-BY.\n"}
     for label in CLASS_NAMES:
         for i in range(3):
-            members[f"{WRAPPER}/{label}/{label}_{i}.jpg"] = jpeg_bytes("daisy" if label == "daisy" else "roses", i)
+            members[f"{WRAPPER}/{label}/{label}_{i}.jpg"] = jpeg_bytes(
+                "daisy" if label == "daisy" else "roses", i
+            )
     return members
 
 
@@ -196,10 +198,16 @@ BAD_TAR_MEMBERS = {
     "absolute path": (_regular("/tmp/flowerpipe-evil.jpg"), "absolute path"),
     "dot-dot": (_regular(f"{WRAPPER}/../../evil.jpg"), "'..'"),
     "dot-dot at start": (_regular("../evil.jpg"), "'..'"),
-    "symlink outside": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.SYMTYPE, "../../etc/passwd"), "links outside"),
+    "symlink outside": (
+        _info(f"{WRAPPER}/daisy/evil.jpg", tarfile.SYMTYPE, "../../etc/passwd"),
+        "links outside",
+    ),
     "absolute symlink": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.SYMTYPE, "/etc/passwd"), "links outside"),
     "hardlink outside": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.LNKTYPE, "../evil.jpg"), "links outside"),
-    "absolute hardlink": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.LNKTYPE, "/etc/passwd"), "links outside"),
+    "absolute hardlink": (
+        _info(f"{WRAPPER}/daisy/evil.jpg", tarfile.LNKTYPE, "/etc/passwd"),
+        "links outside",
+    ),
     "char device": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.CHRTYPE), "device or fifo"),
     "block device": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.BLKTYPE), "device or fifo"),
     "fifo": (_info(f"{WRAPPER}/daisy/evil.jpg", tarfile.FIFOTYPE), "device or fifo"),
@@ -407,20 +415,17 @@ def test_server_ignoring_range_restarts_the_file(server: _Server, tmp_path: Path
     assert (raw / "flower_photos.tgz").read_bytes() == archive.read_bytes()
 
 
-def test_missing_url_fails_after_retries(server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_url_fails_after_retries(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     sleeps: list[float] = []
     monkeypatch.setattr(sources.time, "sleep", sleeps.append)
-    with pytest.raises(DataError, match="cannot download data.source"):
+    with pytest.raises(DataError, match=r"cannot download data\.source"):
         sources.obtain(server.url("/nothing.tgz"), tmp_path / "raw", retries=3)
     assert len(server.requests) == 3
     assert len(sleeps) == 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sources._fetch resumes any leftover .part with `Range: bytes=<size>-`; when the .part is already "
-    "complete the server answers 416, which download() retries and then reports as a failure, every run",
-)
 def test_complete_leftover_part_file_does_not_block_the_download(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
