@@ -30,12 +30,10 @@ def onnx_metadata(
         "arch": arch,
         "image_size": str(image_size),
         "resize_size": str(resize_size),
-        "resize": json.dumps(
-            {"short_side": resize_size, "crop": "center", "square_first": True, "interpolation": "bilinear"}
-        ),
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
-        "input_layout": "NCHW float32, RGB, (x / 255 - mean) / std",
+        "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
+        "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
     }
     if revision:
         meta["revision"] = revision

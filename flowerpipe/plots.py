@@ -4,12 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 Series = Sequence[tuple[float, float]]
 
@@ -17,7 +14,8 @@ Series = Sequence[tuple[float, float]]
 def curves_figure(history: Mapping[str, Series]) -> Figure:
     """Loss and accuracy per epoch, train and val as lines; `history` maps e.g. `train/loss`
     to (epoch, value) pairs."""
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
         for split in ("train", "val"):
             points = history.get(f"{split}/{metric}", [])
@@ -25,6 +23,9 @@ def curves_figure(history: Mapping[str, Series]) -> Figure:
                 x, y = zip(*points, strict=True)
                 ax.plot(x, y, marker="o", label=split)
         ax.set(title=metric.capitalize(), xlabel="epoch", ylabel=metric)
+        last = max((x for series in history.values() for x, _ in series), default=1)
+        ax.set_xlim(0.5, last + 0.5)  # whole epochs, also for a one-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
         ax.grid(alpha=0.3)
         ax.legend()
     return fig
@@ -37,7 +38,8 @@ def confusion_figure(
     rows = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
     size = 1.2 + 0.9 * len(classes)
-    fig, ax = plt.subplots(figsize=(size + 1.5, size), layout="constrained")
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
     image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(classes)):
         for j in range(len(classes)):

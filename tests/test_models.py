@@ -14,16 +14,9 @@ from torch import nn
 from flowerpipe.errors import ConfigError
 from flowerpipe.models import build_model, load_trained, replace_head, save_trained
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RESNET18_FILE = Path(tvm.ResNet18_Weights.DEFAULT.url).name  # resnet18-f37072fd.pth
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def marked_resnet18_state() -> dict[str, torch.Tensor]:

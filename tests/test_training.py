@@ -19,19 +19,12 @@ from flowerpipe.evaluation import predict_logits
 from flowerpipe.models import build_model
 from flowerpipe.transforms import augment_batch, build_augment, center_crop_batch, normalize
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 RESIZE, IMAGE_SIZE = 40, 32
 CPU = torch.device("cpu")
 TIMING_KEYS = {"epoch_seconds", "train_images_per_second"}
 CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, device="cpu", seed=0)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is many times faster."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
