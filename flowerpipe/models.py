@@ -11,6 +11,7 @@ import torch
 import torchvision.models as tvm
 from torch import nn
 
+from .atomic import atomic_path
 from .errors import ConfigError
 
 
@@ -105,8 +106,6 @@ def _last_classifier(model: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
 
 def save_trained(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> None:
     """Save a trained model's state_dict with what is needed to rebuild it (arch, classes...)."""
-    from .atomic import atomic_path
-
     with atomic_path(path) as tmp:
         torch.save({"state_dict": model.state_dict(), **meta}, tmp)
 
