@@ -63,7 +63,7 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
     for entry in sorted(root.iterdir()):
         rel = entry.name
         if is_hidden(entry.name):
-            skipped.append(Skipped(rel, "hidden"))
+            skipped.append(Skipped(rel + "/", "hidden folder") if entry.is_dir() else Skipped(rel, "hidden"))
         elif not entry.is_dir():
             skipped.append(Skipped(rel, "not inside a class folder"))
         else:

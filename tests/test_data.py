@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,11 @@ def messy(tmp_path: Path) -> Path:
     rgba.putalpha(128)
     rgba.save(dandelion / "rgba.png")
     draw_photo("daisy", rng, size=(200, 150)).save(daisy / "UPPER.JPG")
+    draw_photo("roses", rng).save(roses / "rose.webp")
+    draw_photo("roses", rng).save(roses / "rose.bmp")
+    (daisy / "garden photos").mkdir()
+    draw_photo("daisy", rng).save(daisy / "garden photos" / "Gänseblümchen 01.jpg")
+    (dandelion / "Thumbs.db").write_bytes(b"\xd0\xcf\x11\xe0")
     exif_rotated_jpeg(daisy / "rotated.jpg")
     return root
 
@@ -137,12 +143,14 @@ def test_bad_files_are_skipped_with_reasons(messy: Path, tmp_path: Path) -> None
     assert reasons["daisy/.DS_Store"] == "hidden"
     assert reasons[".DS_Store"] == "hidden"
     assert reasons["daisy/.thumbs/"] == "hidden folder"
-    assert reasons[".cache"] == "hidden"
+    assert reasons[".cache/"] == "hidden folder"
     assert reasons["LICENSE.txt"] == "not inside a class folder"
-    assert len(reasons) == 9
-    assert metrics["skipped"] == 9
+    assert reasons["dandelion/Thumbs.db"] == "not an image file name"
+    assert len(reasons) == 10
+    assert metrics["skipped"] == 10
     assert metrics["skipped_by_reason"]["truncated or corrupt image"] == 1
-    assert metrics["skipped_by_reason"]["hidden"] == 3
+    assert metrics["skipped_by_reason"]["hidden"] == 2
+    assert metrics["skipped_by_reason"]["hidden folder"] == 2
 
     kept = {r["relpath"] for r in read_manifest(out)}
     assert not any("/." in p or p.startswith(".") for p in kept)
@@ -161,9 +169,12 @@ def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
         "dandelion/palette.png",
         "dandelion/rgba.png",
         "daisy/UPPER.JPG",
+        "roses/rose.webp",
+        "roses/rose.bmp",
+        "daisy/garden photos/Gänseblümchen 01.jpg",
     ]:
         assert rel in by_path, rel
-    assert metrics["images"] == 3 * 12 + 6
+    assert metrics["images"] == 3 * 12 + 9
     images = np.load(out / "images.npy")
     assert images.shape == (len(rows), RESIZE, RESIZE, 3)
     gray = images[by_path["roses/gray.png"]].astype(int)
@@ -225,6 +236,25 @@ def test_no_class_folders_is_an_error(tmp_path: Path) -> None:
     draw_photo("daisy", np.random.default_rng(0)).save(root / "a.jpg")
     with pytest.raises(DataError, match="found 0 class folder"):
         prepare(root, tmp_path / "out")
+
+
+def test_empty_class_folder_is_an_error_naming_it(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "photos", per_class=10, classes=("daisy", "dandelion"))
+    (root / "sunflowers").mkdir()
+    with pytest.raises(DataError, match="'sunflowers' has no readable images"):
+        prepare(root, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_photos_share_a_split(photos: Path, tmp_path: Path) -> None:
+    for path in sorted((photos / "daisy").iterdir())[:10]:
+        shutil.copy(path, path.with_name(f"copy of {path.name}"))
+    prepare(photos, tmp_path / "out")
+    splits: dict[str, set[str]] = {}
+    for row in read_manifest(tmp_path / "out"):
+        splits.setdefault(row["sha256"], set()).add(row["split"])
+    assert sum(len(s) for s in splits.values()) == len(splits)  # one split per distinct photo
+    assert len(read_manifest(tmp_path / "out")) == len(splits) + 10
 
 
 def test_class_with_only_bad_files_is_an_error_naming_it(tmp_path: Path) -> None:

@@ -256,6 +256,26 @@ def test_unsafe_zip_member_is_refused(tmp_path: Path, name: str, why: str) -> No
     assert not Path("/tmp/flowerpipe-evil.jpg").exists()
 
 
+def test_absurdly_large_members_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "MAX_MEMBER_BYTES", 1000)
+    members = archive_members()
+    members[f"{WRAPPER}/daisy/huge.jpg"] = b"\0" * 5000
+    raw = tmp_path / "raw"
+    for archive in (tmp_path / "a.tgz", tmp_path / "a.zip"):
+        (write_zip if archive.suffix == ".zip" else write_tar)(archive, members)
+        with pytest.raises(DataError, match=r"'flower_photos/daisy/huge.jpg' is too large \(5000 bytes\)"):
+            sources.obtain(str(archive), raw)
+        assert list(raw.iterdir()) == []
+
+
+def test_zip_bomb_ratio_is_refused(tmp_path: Path) -> None:
+    members = archive_members()
+    members[f"{WRAPPER}/daisy/bomb.jpg"] = b"\0" * 2_000_000  # deflates over 1000:1
+    write_zip(tmp_path / "a.zip", members)
+    with pytest.raises(DataError, match=r"bomb\.jpg' is too large"):
+        sources.obtain(str(tmp_path / "a.zip"), tmp_path / "raw")
+
+
 def test_zip_symlink_is_refused(tmp_path: Path) -> None:
     archive = tmp_path / "flower_photos.zip"
     write_zip(archive, archive_members())
