@@ -46,7 +46,6 @@ class Prepared:
     images: np.ndarray  # N x resize x resize x 3 uint8, memory-mapped
     labels: np.ndarray  # N int64 class indices
     splits: np.ndarray  # N str
-    source_root: str
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
@@ -186,5 +185,4 @@ def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
         images=np.load(folder / "images.npy", mmap_mode="r"),
         labels=np.array([index[r["label"]] for r in rows], dtype=np.int64),
         splits=np.array([r["split"] for r in rows]),
-        source_root=meta["source_root"],
     )

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 import stat
@@ -19,10 +18,9 @@ from urllib.parse import urlparse
 from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, write_json
+from .console import log
 from .dataset import is_hidden
 from .errors import DataError
-
-log = logging.getLogger(__name__)
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 MAX_MEMBER_BYTES = 2**30  # one photo over 1 GiB is not a photo

@@ -10,7 +10,7 @@ import tarfile
 import threading
 import urllib.error
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -410,29 +410,31 @@ def test_download_with_wrong_sha256_is_refused(server: _Server, tmp_path: Path) 
     check_extracted(root, raw, "flower_photos")
 
 
-def test_partial_download_is_resumed(server: _Server, tmp_path: Path) -> None:
-    archive = write_tar(tmp_path / "flower_photos.tgz", archive_members())
-    data = archive.read_bytes()
+def serve_with_leftover_part(
+    server: _Server, tmp_path: Path, leftover: Callable[[bytes], bytes], ranges: bool
+) -> tuple[bytes, Path]:
+    """Serve flower_photos.tgz and leave `leftover(archive bytes)` as its .part in a raw folder."""
+    data = write_tar(tmp_path / "flower_photos.tgz", archive_members()).read_bytes()
     server.files["/flower_photos.tgz"] = data
-    server.ranges = True
+    server.ranges = ranges
     raw = tmp_path / "raw"
     raw.mkdir()
-    half = len(data) // 2
-    (raw / "flower_photos.tgz.part").write_bytes(data[:half])
-    root = sources.obtain(server.url("/flower_photos.tgz"), raw, sha256=sha256_of(archive))
-    assert server.requests == [("/flower_photos.tgz", f"bytes={half}-")]
+    (raw / "flower_photos.tgz.part").write_bytes(leftover(data))
+    return data, raw
+
+
+def test_partial_download_is_resumed(server: _Server, tmp_path: Path) -> None:
+    data, raw = serve_with_leftover_part(server, tmp_path, lambda d: d[: len(d) // 2], ranges=True)
+    root = sources.obtain(server.url("/flower_photos.tgz"), raw, sha256=hashlib.sha256(data).hexdigest())
+    assert server.requests == [("/flower_photos.tgz", f"bytes={len(data) // 2}-")]
     assert (raw / "flower_photos.tgz").read_bytes() == data
     check_extracted(root, raw, "flower_photos")
 
 
 def test_server_ignoring_range_restarts_the_file(server: _Server, tmp_path: Path) -> None:
-    archive = write_tar(tmp_path / "flower_photos.tgz", archive_members())
-    server.files["/flower_photos.tgz"] = archive.read_bytes()
-    raw = tmp_path / "raw"
-    raw.mkdir()
-    (raw / "flower_photos.tgz.part").write_bytes(b"garbage from an older attempt")
+    data, raw = serve_with_leftover_part(server, tmp_path, lambda d: b"garbage from an older attempt", False)
     sources.obtain(server.url("/flower_photos.tgz"), raw)
-    assert (raw / "flower_photos.tgz").read_bytes() == archive.read_bytes()
+    assert (raw / "flower_photos.tgz").read_bytes() == data
 
 
 def test_missing_url_fails_after_retries(
@@ -450,13 +452,7 @@ def test_complete_leftover_part_file_does_not_block_the_download(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(sources.time, "sleep", lambda s: None)
-    archive = write_tar(tmp_path / "flower_photos.tgz", archive_members())
-    data = archive.read_bytes()
-    server.files["/flower_photos.tgz"] = data
-    server.ranges = True
-    raw = tmp_path / "raw"
-    raw.mkdir()
     # a run killed after the last byte arrived but before the .part was renamed
-    (raw / "flower_photos.tgz.part").write_bytes(data)
+    _, raw = serve_with_leftover_part(server, tmp_path, lambda d: d, ranges=True)
     root = sources.obtain(server.url("/flower_photos.tgz"), raw)
     check_extracted(root, raw, "flower_photos")
