@@ -15,6 +15,10 @@ from .errors import ConfigError
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+HEADS = ("linear", "mlp")
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
 
 def _default_augment() -> list[dict[str, dict[str, Any]]]:
@@ -54,6 +58,9 @@ class SplitConfig:
 class ModelConfig:
     arch: str = "resnet18"
     weights: str | None = "DEFAULT"
+    head: str = "linear"
+    hidden: int = 512
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         import torchvision.models as tvm
@@ -64,15 +71,28 @@ class ModelConfig:
             hint = f" (did you mean {', '.join(close)}?)" if close else ""
             raise ConfigError("model.arch", f"unknown torchvision classification model {self.arch!r}{hint}")
         _check(self.weights is None or bool(self.weights.strip()), "model.weights", "must not be empty")
+        _check(self.head in HEADS, "model.head", f"must be one of {', '.join(HEADS)}")
+        _check(self.hidden >= 1, "model.hidden", "must be >= 1")
+        _check(0 <= self.dropout < 1, "model.dropout", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 32
+    optimizer: str = "sgd"
     lr: float = 0.001
     momentum: float = 0.9
     weight_decay: float = 0.0
+    scheduler: str = "none"
+    warmup_epochs: int = 0
+    step_size: int = 10
+    gamma: float = 0.1
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    early_stopping: int = 0
+    freeze: str | list[str] = "none"
+    precision: str = "auto"
     device: str = "auto"
     seed: int = 0
     augment: list[dict[str, dict[str, Any]]] = field(default_factory=_default_augment)
@@ -80,15 +100,37 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _check(self.epochs >= 1, "train.epochs", "must be >= 1")
         _check(self.batch_size >= 1, "train.batch_size", "must be >= 1")
+        _check(self.optimizer in OPTIMIZERS, "train.optimizer", f"must be one of {', '.join(OPTIMIZERS)}")
         _check(self.lr > 0, "train.lr", f"must be > 0 (got {self.lr:g})")
         _check(0 <= self.momentum < 1, "train.momentum", "must be in [0, 1)")
         _check(self.weight_decay >= 0, "train.weight_decay", "must be >= 0")
+        _check(self.scheduler in SCHEDULERS, "train.scheduler", f"must be one of {', '.join(SCHEDULERS)}")
+        _check(0 <= self.warmup_epochs < self.epochs, "train.warmup_epochs", "must be in [0, train.epochs)")
+        if self.scheduler == "warmup_cosine":
+            _check(self.warmup_epochs >= 1, "train.warmup_epochs", "must be >= 1 for warmup_cosine")
+        _check(self.step_size >= 1, "train.step_size", "must be >= 1")
+        _check(0 < self.gamma <= 1, "train.gamma", "must be in (0, 1]")
+        _check(0 <= self.min_lr < self.lr, "train.min_lr", "must be in [0, train.lr)")
+        _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
+        _check(self.early_stopping >= 0, "train.early_stopping", "must be >= 0 (0 turns it off)")
+        if isinstance(self.freeze, str):
+            ok = self.freeze in ("none", "backbone")
+            _check(ok, "train.freeze", "must be none, backbone, or a list of module names")
+        else:
+            ok = bool(self.freeze) and all(isinstance(n, str) and n for n in self.freeze)
+            _check(ok, "train.freeze", "a list must name at least one module, e.g. [layer1, layer2]")
+        _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
         for i, step in enumerate(self.augment):
             key = f"train.augment[{i}]"
             _check(isinstance(step, dict) and len(step) == 1, key, "must be {TransformName: {args}}")
             ((name, args),) = step.items()
             _check(isinstance(args, dict | type(None)), f"{key}.{name}", "arguments must be a mapping")
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """Every setting that changes what is learnt; `device` and `precision` only say how fast."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "precision")}
 
 
 @dataclass(frozen=True)
@@ -180,7 +222,13 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         options = typing.get_args(hint)
         if value is None and type(None) in options:
             return None
-        hint = next(t for t in options if t is not type(None))
+        kinds = [t for t in options if t is not type(None)]
+        for kind in kinds[:-1]:
+            try:
+                return _coerce(value, kind, key)
+            except ConfigError:
+                pass
+        hint = kinds[-1]
         origin = typing.get_origin(hint)
     if origin is list:
         if not isinstance(value, list):

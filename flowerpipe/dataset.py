@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import statistics
@@ -46,6 +47,7 @@ class Prepared:
     images: np.ndarray  # N x resize x resize x 3 uint8, memory-mapped
     labels: np.ndarray  # N int64 class indices
     splits: np.ndarray  # N str
+    fingerprint: str  # sha256 of manifest.csv: which photos, with which labels, in which split
 
     def indices(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.splits == split)
@@ -176,8 +178,8 @@ def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
     """Read the prepared dataset; the image cache is memory-mapped, not loaded."""
     folder = Path(folder)
     meta = json.loads((folder / "dataset.json").read_text())
-    with open(folder / "manifest.csv", newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
+    manifest = (folder / "manifest.csv").read_bytes()
+    rows = list(csv.DictReader(io.StringIO(manifest.decode("utf-8"), newline="")))
     index = {c: i for i, c in enumerate(meta["classes"])}
     return Prepared(
         classes=meta["classes"],
@@ -185,4 +187,5 @@ def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
         images=np.load(folder / "images.npy", mmap_mode="r"),
         labels=np.array([index[r["label"]] for r in rows], dtype=np.int64),
         splits=np.array([r["split"] for r in rows]),
+        fingerprint=hashlib.sha256(manifest).hexdigest(),
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import urllib.error
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +17,17 @@ from .atomic import atomic_path
 from .errors import ConfigError
 
 
-def build_model(arch: str, weights: str | None, num_classes: int, seed: int = 0) -> nn.Module:
+def build_model(
+    arch: str,
+    weights: str | None,
+    num_classes: int,
+    seed: int = 0,
+    head: str = "linear",
+    hidden: int = 512,
+    dropout: float = 0.0,
+) -> nn.Module:
     """`arch` with `weights` (a torchvision weights name, a state_dict file, or None), its
-    classifier replaced by a fresh `num_classes`-way layer initialised from `seed`."""
+    classifier replaced by a fresh `num_classes`-way head (see `replace_head`) initialised from `seed`."""
     with torch.random.fork_rng(devices=[]):  # seeded init, global RNG left as it was
         torch.manual_seed(seed)
         if weights is None or _looks_like_path(weights):
@@ -27,7 +37,7 @@ def build_model(arch: str, weights: str | None, num_classes: int, seed: int = 0)
         else:
             model = _pretrained(arch, weights)
         _drop_aux_heads(model)
-        return replace_head(model, num_classes)
+        return replace_head(model, num_classes, head, hidden, dropout)
 
 
 def _looks_like_path(weights: str) -> bool:
@@ -83,14 +93,31 @@ def _drop_aux_heads(model: nn.Module) -> None:
                 setattr(model, name, None)
 
 
-def replace_head(model: nn.Module, num_classes: int) -> nn.Module:
+class Head(nn.Sequential):
+    """A classifier head made here: [Dropout,] Linear, or Linear-ReLU-Dropout-Linear (`mlp`).
+    1x1 convolutions take the place of Linear where the model classifies with one (SqueezeNet)."""
+
+
+def replace_head(
+    model: nn.Module, num_classes: int, head: str = "linear", hidden: int = 512, dropout: float = 0.0
+) -> nn.Module:
     """Replace the last classification layer (ResNet `fc`, VGG `classifier[-1]`, ViT `heads.head`,
-    SqueezeNet's final conv, ...) with a fresh one of `num_classes` outputs."""
+    SqueezeNet's final conv, ...) with a fresh `num_classes`-way head. A plain linear head stays a
+    single layer, so the state_dict keeps torchvision's keys."""
     name, layer = _last_classifier(model)
+    dense: Callable[[int, int], nn.Module]
     if isinstance(layer, nn.Linear):
-        new: nn.Module = nn.Linear(layer.in_features, num_classes)
+        width, dense = layer.in_features, nn.Linear
     else:
-        new = nn.Conv2d(layer.in_channels, num_classes, kernel_size=layer.kernel_size)
+        width, dense = layer.in_channels, functools.partial(nn.Conv2d, kernel_size=1)
+    if head == "mlp":
+        new: nn.Module = Head(
+            dense(width, hidden), nn.ReLU(inplace=True), nn.Dropout(dropout), dense(hidden, num_classes)
+        )
+    elif dropout > 0:
+        new = Head(nn.Dropout(dropout), dense(width, num_classes))
+    else:
+        new = dense(width, num_classes)
     parent_name, _, attr = name.rpartition(".")
     setattr(model.get_submodule(parent_name) if parent_name else model, attr, new)
     return model
@@ -104,6 +131,57 @@ def _last_classifier(model: nn.Module) -> tuple[str, nn.Linear | nn.Conv2d]:
     raise ValueError(f"{type(model).__name__}: no classifier layer found")
 
 
+def head_name(model: nn.Module) -> str:
+    """The qualified name of the classifier head (`fc`, `classifier.6`, `heads.head`, ...)."""
+    name, _ = _last_classifier(model)
+    parent = name.rpartition(".")[0]
+    return parent if parent and isinstance(model.get_submodule(parent), Head) else name
+
+
+def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:
+    """Stop gradients in the modules `spec` names: `none`, `backbone` (all but the head), or a list
+    of module names (`[layer1, layer2]`). Returns the frozen modules' names, for `train_mode`."""
+    if spec == "none":
+        return []
+    if spec == "backbone":
+        names = _complement(model, head_name(model))
+    else:
+        known = dict(model.named_modules())
+        for name in spec:
+            if name not in known or not name:
+                top = ", ".join(n for n, _ in model.named_children())
+                raise ConfigError(
+                    "train.freeze", f"{type(model).__name__} has no module {name!r} (top level: {top})"
+                )
+        names = list(spec)
+    for name in names:
+        model.get_submodule(name).requires_grad_(False)
+    return names
+
+
+def train_mode(model: nn.Module, frozen: list[str]) -> nn.Module:
+    """`model.train()`, except that frozen modules stay in eval mode: their BatchNorm statistics
+    do not drift and their dropout stays off."""
+    model.train()
+    for name in frozen:
+        model.get_submodule(name).eval()
+    return model
+
+
+def _complement(model: nn.Module, keep: str, prefix: str = "") -> list[str]:
+    """The largest modules that neither are nor contain the module named `keep`."""
+    names = []
+    for child, module in model.named_children():
+        full = f"{prefix}{child}"
+        if full == keep:
+            continue
+        if keep.startswith(f"{full}."):
+            names += _complement(module, keep, f"{full}.")
+        else:
+            names.append(full)
+    return names
+
+
 def save_trained(model: nn.Module, path: str | os.PathLike[str], **meta: Any) -> None:
     """Save a trained model's state_dict with what is needed to rebuild it (arch, classes...)."""
     with atomic_path(path) as tmp:
@@ -114,6 +192,7 @@ def load_trained(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any
     """Rebuild a model saved by `save_trained`; returns it in eval mode with its metadata."""
     saved = torch.load(path, map_location="cpu", weights_only=True)
     state = saved.pop("state_dict")
-    model = build_model(saved["arch"], None, len(saved["classes"]))
+    head = {k: saved[k] for k in ("head", "hidden", "dropout") if k in saved}
+    model = build_model(saved["arch"], None, len(saved["classes"]), **head)
     model.load_state_dict(state)
     return model.eval(), saved

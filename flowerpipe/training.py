@@ -1,21 +1,38 @@
-"""The training loop: plain code to read top to bottom, fed from the decoded uint8 cache."""
+"""The training loop: plain code to read top to bottom, fed from the decoded uint8 cache.
+
+`fit` builds the optimizer, scheduler and loss from `TrainConfig`, trains epoch by epoch with
+mixed precision and channels_last where the device gains from them, keeps the best epoch by val
+accuracy, and writes a checkpoint after each epoch from which an interrupted run resumes exactly.
+With a frozen backbone and no augmentation, the backbone's features are computed once and only the
+head is trained on them.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from .atomic import atomic_path
 from .config import TrainConfig
 from .console import log, progress
+from .devices import autocast_dtype
+from .errors import FlowerpipeError
 from .evaluation import predict_logits
-from .transforms import Transform, augment_batch, build_augment, normalize, to_nchw
+from .models import freeze, head_name, train_mode
+from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
 EpochCallback = Callable[[dict[str, float]], None]
+Batches = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -24,6 +41,92 @@ class FitResult:
     best_epoch: int
     best_val_accuracy: float
     history: list[dict[str, float]] = field(default_factory=list)
+    finished: bool = False  # every epoch ran, or early stopping ended the run
+
+
+def fingerprint(*parts: Any) -> str:
+    """A short hash of everything that decides what a run learns; a checkpoint with another
+    fingerprint belongs to another run and is not resumed."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def make_scheduler(
+    optimizer: torch.optim.Optimizer, cfg: TrainConfig
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: constant, step decay, cosine, or a linear warm-up (from
+    lr / (warmup_epochs + 1)) followed by cosine down to `min_lr`."""
+    sched = torch.optim.lr_scheduler
+    if cfg.scheduler == "none":
+        return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if cfg.scheduler == "step":
+        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
+    warmup = cfg.warmup_epochs if cfg.scheduler == "warmup_cosine" else 0
+    cosine = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - warmup, eta_min=cfg.min_lr)
+    if not warmup:
+        return cosine
+    ramp = sched.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
+    return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+
+
+class Run:
+    """Everything one training run changes, and so everything a checkpoint must hold."""
+
+    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, frozen: list[str]) -> None:
+        self.model, self.cfg, self.device, self.frozen = model, cfg, device, frozen
+        self.dtype = autocast_dtype(device, cfg.precision)
+        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
+        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        torch.manual_seed(cfg.seed)  # augmentation draws and dropout (build_model seeds the init)
+        self.rng = np.random.default_rng(cfg.seed)  # data order
+        self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
+        self.since_best = 0
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def state(self, key: str) -> dict[str, Any]:
+        rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        r = self.result
+        return {
+            "fingerprint": key,
+            "epoch": len(r.history),
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng,
+            "best": {"state": r.best_state, "epoch": r.best_epoch, "val_accuracy": r.best_val_accuracy},
+            "since_best": self.since_best,
+            "history": r.history,
+            "finished": r.finished,
+        }
+
+    def restore(self, saved: dict[str, Any]) -> None:
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.scaler.load_state_dict(saved["scaler"])
+        torch.set_rng_state(saved["rng"]["torch"])
+        self.rng.bit_generator.state = saved["rng"]["numpy"]
+        if self.device.type == "cuda" and "cuda" in saved["rng"]:
+            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
+        best = saved["best"]
+        self.result = FitResult(
+            best["state"], best["epoch"], best["val_accuracy"], saved["history"], saved["finished"]
+        )
+        self.since_best = saved["since_best"]
 
 
 def fit(
@@ -36,92 +139,201 @@ def fit(
     image_size: int,
     device: torch.device,
     on_epoch: EpochCallback | None = None,
+    checkpoint: str | Path | None = None,
+    key: str = "",
 ) -> FitResult:
-    """Train with cross-entropy and SGD with momentum; keep the weights of the best val epoch.
-
-    `images` are uint8 NHWC squares (the prepared cache); `on_epoch` receives each epoch's
-    metrics (train/val loss and accuracy, learning rate, seconds, images/s).
-    """
-    torch.manual_seed(cfg.seed)  # every augmentation draw (build_model seeds the init)
-    rng = np.random.default_rng(cfg.seed)  # data order
-    augment = build_augment(cfg.augment, image_size)
+    """Train `model` on the uint8 NHWC cache rows `train_idx`; keep the weights of the best epoch
+    on `val_idx`. After each epoch, `on_epoch` gets its metrics and `checkpoint` (when given) is
+    rewritten; a checkpoint written under the same `key` (see `fingerprint`) is resumed from, and a
+    finished one is not trained again. `on_epoch` also sees the epochs a resumed run skips."""
+    frozen = freeze(model, cfg.freeze)
+    if device.type in ("cuda", "cpu"):
+        model.to(memory_format=torch.channels_last)  # faster convolutions on both
     model.to(device)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss()
-    val_images = np.asarray(images[val_idx])
-    val_labels = torch.from_numpy(labels[val_idx])
-    result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
+    run = Run(model, cfg, device, frozen)
+    saved = _load_checkpoint(checkpoint, key)
+    if saved is not None:
+        run.restore(saved)
+        log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), cfg.epochs)
+    for metrics in run.result.history:
+        if on_epoch:
+            on_epoch(metrics)
+    if run.result.finished:
+        return run.result
 
-    for epoch in range(1, cfg.epochs + 1):
+    train_y = torch.from_numpy(labels[train_idx]).to(device)
+    val_y = torch.from_numpy(labels[val_idx]).to(device)
+    head = model.get_submodule(head_name(model))
+    features = None
+    if cfg.freeze == "backbone" and not cfg.augment:
+        features = _backbone_features(run, head, images, train_idx, val_idx, image_size)
+    if features is not None:
+        train_x, val_x = features
+        net: nn.Module = head
+        batch_input: Batches = lambda pos: train_x[pos]  # noqa: E731
+    else:
+        net = model
+        pixels = _pixels(images[train_idx], device)  # the whole train split, once (on the GPU there)
+        augment = build_augment(cfg.augment, image_size)
+        batch_input = lambda pos: normalize(augment_batch(pixels[pos], augment))  # noqa: E731
+    val_images = np.asarray(images[val_idx])
+
+    for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        order = rng.permutation(train_idx)
-        train_loss, train_acc = train_one_epoch(
-            model, images, labels, order, augment, image_size, cfg.batch_size, optimizer, loss_fn, device
-        )
+        lr = run.optimizer.param_groups[0]["lr"]
+        order = torch.from_numpy(run.rng.permutation(len(train_idx))).to(device)
+        if features is None:
+            train_mode(model, frozen)
+        else:
+            head.train()
+        train_loss, train_acc = _train_epoch(run, net, batch_input, train_y, order)
         train_seconds = time.perf_counter() - start
-        val_logits = torch.from_numpy(predict_logits(model, val_images, image_size, cfg.batch_size, device))
+        run.scheduler.step()
+        if features is None:
+            with run.autocast():
+                logits = torch.from_numpy(
+                    predict_logits(model, val_images, image_size, cfg.batch_size, device)
+                )
+        else:
+            with torch.inference_mode(), run.autocast():
+                logits = head.eval()(val_x).float().cpu()
+        val_acc = float((logits.argmax(1) == val_y.cpu()).float().mean())
         metrics = {
             "epoch": epoch,
             "train/loss": train_loss,
             "train/accuracy": train_acc,
-            "val/loss": float(loss_fn(val_logits, val_labels)),
-            "val/accuracy": float((val_logits.argmax(1) == val_labels).float().mean()),
-            "lr": optimizer.param_groups[0]["lr"],
+            "val/loss": float(run.loss_fn(logits, val_y.cpu())),
+            "val/accuracy": val_acc,
+            "lr": lr,
             "epoch_seconds": time.perf_counter() - start,
             "train_images_per_second": len(order) / train_seconds,
         }
-        log.info(
-            "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  %.0f img/s",
-            epoch,
-            cfg.epochs,
-            train_loss,
-            train_acc,
-            metrics["val/loss"],
-            metrics["val/accuracy"],
-            metrics["train_images_per_second"],
-        )
-        if metrics["val/accuracy"] > result.best_val_accuracy:
-            result.best_val_accuracy = metrics["val/accuracy"]
-            result.best_epoch = epoch
-            result.best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-        result.history.append(metrics)
+        _log_epoch(metrics, cfg.epochs)
+        _keep_best(run, metrics)
+        stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
+        run.result.finished = epoch == cfg.epochs or bool(stop)
+        if checkpoint is not None:
+            with atomic_path(checkpoint) as tmp:
+                torch.save(run.state(key), tmp)
         if on_epoch:
             on_epoch(metrics)
-    return result
+        if stop:
+            log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
+            break
+    return run.result
 
 
-def train_one_epoch(
-    model: nn.Module,
-    images: np.ndarray,
-    labels: np.ndarray,
-    order: np.ndarray,
-    augment: Transform,
-    image_size: int,
-    batch_size: int,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: nn.Module,
-    device: torch.device,
+def _train_epoch(
+    run: Run, net: nn.Module, batch_input: Batches, labels: torch.Tensor, order: torch.Tensor
 ) -> tuple[float, float]:
-    """One pass over `order` (indices into the cache); returns mean loss and accuracy."""
-    model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    """One pass over `order` (positions in the train split); returns mean loss and accuracy."""
+    total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
+    size = run.cfg.batch_size
     # BatchNorm cannot train on a batch of one: drop such a last batch.
-    stop = len(order) - 1 if len(order) % batch_size == 1 else len(order)
-    starts = range(0, stop, batch_size)
+    stop = len(order) - 1 if len(order) % size == 1 else len(order)
+    starts = range(0, stop, size)
     bar = progress(starts, "train", len(starts), "batch")
     t0 = time.perf_counter()
-    for start in bar:
-        idx = np.sort(order[start : min(start + batch_size, stop)])  # sorted: sequential cache reads
-        x = normalize(augment_batch(to_nchw(images[idx]), augment).to(device))
-        y = torch.from_numpy(labels[idx]).to(device)
-        logits = model(x)
-        loss = loss_fn(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        total_loss += float(loss.detach()) * len(y)
-        correct += int((logits.argmax(1) == y).sum())
+    for i, start in enumerate(bar):
+        pos = order[start : min(start + size, stop)]
+        x, y = batch_input(pos), labels[pos]
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with run.autocast():
+            logits = net(x)
+            loss = run.loss_fn(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        bar.set_postfix(loss=total_loss / seen, acc=correct / seen, img_s=seen / (time.perf_counter() - t0))
-    return total_loss / max(seen, 1), correct / max(seen, 1)
+        if bar.disable is False and (i % 10 == 0 or start + size >= stop):  # syncs the GPU: not every step
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=float(total_loss) / seen, acc=float(correct) / seen, img_s=seen / elapsed)
+    return float(total_loss) / max(seen, 1), float(correct) / max(seen, 1)
+
+
+def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC rows as one NCHW tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+
+
+def _backbone_features(
+    run: Run, head: nn.Module, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, image_size: int
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """What the frozen backbone hands the head for the centre crop of each train and val image,
+    computed once; None for models that do more after their head (SqueezeNet pools after it)."""
+    start = time.perf_counter()
+    captured: list[torch.Tensor] = []
+    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
+    model = run.model.eval()
+    try:
+        outputs = []
+        with torch.inference_mode(), run.autocast():
+            for idx, desc in ((train_idx, "features (train)"), (val_idx, "features (val)")):
+                starts = range(0, len(idx), run.cfg.batch_size)
+                for start in progress(starts, desc, len(starts), "batch"):
+                    batch = _pixels(images[idx[start : start + run.cfg.batch_size]], run.device)
+                    x = normalize(center_crop_batch(batch, image_size))
+                    outputs.append(model(x.contiguous(memory_format=torch.channels_last)).float())
+            direct = torch.cat(outputs)
+            feats = torch.cat(captured)
+            if feats.shape[0] != direct.shape[0] or not torch.allclose(
+                head(feats).float(), direct, atol=1e-3
+            ):
+                log.info("the head is not the model's last step: training the whole frozen model instead")
+                return None
+    finally:
+        hook.remove()
+    seconds = time.perf_counter() - start
+    log.info(
+        "frozen backbone, no augmentation: %d-dim features of %d images computed once in %.1f s (%.0f img/s)",
+        feats[0].numel(),
+        len(feats),
+        seconds,
+        len(feats) / seconds,
+    )
+    return feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
+
+
+def _keep_best(run: Run, metrics: dict[str, float]) -> None:
+    r = run.result
+    r.history.append(metrics)
+    if metrics["val/accuracy"] > r.best_val_accuracy:
+        r.best_val_accuracy, r.best_epoch = metrics["val/accuracy"], int(metrics["epoch"])
+        r.best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        run.since_best = 0
+    else:
+        run.since_best += 1
+
+
+def _log_epoch(m: dict[str, float], epochs: int) -> None:
+    log.info(
+        "epoch %d/%d  train loss %.4f acc %.4f  val loss %.4f acc %.4f  lr %.3g  %.0f img/s  %.1f s",
+        m["epoch"],
+        epochs,
+        m["train/loss"],
+        m["train/accuracy"],
+        m["val/loss"],
+        m["val/accuracy"],
+        m["lr"],
+        m["train_images_per_second"],
+        m["epoch_seconds"],
+    )
+
+
+def _load_checkpoint(path: str | Path | None, key: str) -> dict[str, Any] | None:
+    if path is None or not Path(path).exists():
+        return None
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many kinds for a bad file
+        raise FlowerpipeError(
+            f"{path}: cannot be read as a checkpoint ({exc}); delete it to start over"
+        ) from None
+    if saved.get("fingerprint") != key:
+        log.info("%s belongs to other params or data: training from epoch 1", path)
+        return None
+    return saved

@@ -1,4 +1,7 @@
-"""train: fine-tune model.arch on the prepared train split; keep the best epoch by val accuracy."""
+"""train: fine-tune model.arch on the prepared train split; keep the best epoch by val accuracy.
+
+models/checkpoint.pt (a persistent DVC output) is rewritten after every epoch: a run that is
+stopped and started again resumes there, and a finished run is not trained again."""
 
 from dvclive import Live
 
@@ -15,7 +18,11 @@ def main() -> None:
     cfg = load_config()
     data = load_prepared("data/prepared")
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), seed=cfg.train.seed)
+    head = {"head": cfg.model.head, "hidden": cfg.model.hidden, "dropout": cfg.model.dropout}
+    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), seed=cfg.train.seed, **head)
+    key = training.fingerprint(
+        cfg.model, cfg.train.recipe, cfg.data.image_size, cfg.data.crop_ratio, data.fingerprint
+    )
 
     with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
 
@@ -36,6 +43,8 @@ def main() -> None:
             cfg.data.image_size,
             device,
             on_epoch=log_epoch,
+            checkpoint="models/checkpoint.pt",
+            key=key,
         )
         live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
 
@@ -44,6 +53,7 @@ def main() -> None:
         model,
         "models/best.pt",
         arch=cfg.model.arch,
+        **head,
         classes=data.classes,
         image_size=cfg.data.image_size,
         resize_size=resize_size(cfg.data.image_size, cfg.data.crop_ratio),

@@ -1,0 +1,372 @@
+"""Training recipes from params: heads, freezing, optimizers, schedules, checkpoints and resume,
+cached backbone features, mixed precision."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from flowerpipe import training
+from flowerpipe.config import TrainConfig
+from flowerpipe.devices import autocast_dtype
+from flowerpipe.errors import ConfigError, FlowerpipeError
+from flowerpipe.models import Head, build_model, freeze, head_name, load_trained, save_trained, train_mode
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CPU = torch.device("cpu")
+RESIZE, IMAGE_SIZE, CLASSES = 36, 32, 3
+TIMING_KEYS = {"epoch_seconds", "train_images_per_second"}
+
+
+def tiny_data(
+    n_train: int, n_val: int = 6, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Random uint8 NHWC 'photos' whose class is visible in their mean colour."""
+    rng = np.random.default_rng(seed)
+    n = n_train + n_val
+    labels = np.arange(n) % CLASSES
+    images = rng.integers(0, 100, (n, RESIZE, RESIZE, 3), dtype=np.uint8)
+    images[np.arange(n), :, :, labels] += 120
+    return images, labels.astype(np.int64), np.arange(n_train), np.arange(n_train, n)
+
+
+def fit(
+    cfg: TrainConfig, data=None, model: nn.Module | None = None, **kwargs
+) -> tuple[nn.Module, training.FitResult]:
+    images, labels, train_idx, val_idx = data if data is not None else tiny_data(24)
+    model = model if model is not None else build_model("resnet18", None, CLASSES)
+    result = training.fit(model, images, labels, train_idx, val_idx, cfg, IMAGE_SIZE, CPU, **kwargs)
+    return model, result
+
+
+def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
+
+
+def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def count_epochs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Record each epoch that really trains (a resumed or finished run skips some)."""
+    calls: list[int] = []
+    real = training._train_epoch
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(training, "_train_epoch", counted)
+    return calls
+
+
+class Stop(Exception):
+    """Raised from on_epoch: the run dies there, as if killed, after its checkpoint is written."""
+
+
+def stop_after(epoch: int):
+    def on_epoch(metrics: dict[str, float]) -> None:
+        if metrics["epoch"] == epoch:
+            raise Stop
+
+    return on_epoch
+
+
+# --- every head / freeze / optimizer / scheduler combination trains a step ---------------------------
+
+FREEZES = ["none", "backbone", ["conv1", "bn1", "layer1", "layer2"]]
+COMBINATIONS = list(
+    itertools.product(
+        ["linear", "mlp"], FREEZES, ["sgd", "adam", "adamw"], ["none", "step", "cosine", "warmup_cosine"]
+    )
+)
+
+
+@pytest.mark.parametrize(("head", "frozen", "optimizer", "scheduler"), COMBINATIONS)
+def test_each_combination_trains_one_step(head: str, frozen, optimizer: str, scheduler: str) -> None:
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=8,
+        optimizer=optimizer,
+        lr=0.01,
+        scheduler=scheduler,
+        warmup_epochs=1,
+        freeze=frozen,
+        precision="fp32",
+        device="cpu",
+        augment=[{"RandomHorizontalFlip": {}}],
+    )
+    model = build_model("resnet18", None, CLASSES, head=head, hidden=16, dropout=0.1)
+    before = snapshot(model)
+    seen: list[dict[str, float]] = []
+    with pytest.raises(Stop):  # one epoch of 8 images in batches of 8: one optimizer step
+        fit(cfg, tiny_data(8), model, on_epoch=lambda m: (seen.append(m), stop_after(1)(m)))
+    assert seen[0]["lr"] == pytest.approx(0.005 if scheduler == "warmup_cosine" else 0.01)
+
+    head_prefix = f"{head_name(model)}."
+    frozen_prefixes = (
+        [] if frozen == "none" else [f"{name}." for name in frozen] if isinstance(frozen, list) else None
+    )
+    for key, value in model.state_dict().items():
+        if frozen_prefixes is None:  # backbone: all but the head
+            is_frozen = not key.startswith(head_prefix)
+        else:
+            is_frozen = key.startswith(tuple(frozen_prefixes))
+        changed = not torch.equal(value, before[key])
+        if is_frozen:
+            assert not changed, f"frozen {key} changed"  # weights, and BatchNorm statistics too
+        elif key.endswith(("weight", "running_mean")):
+            assert changed, f"trainable {key} did not change"
+
+
+def test_head_mlp_has_the_configured_shape_and_survives_saving(tmp_path) -> None:
+    model = build_model("resnet18", None, 5, head="mlp", hidden=64, dropout=0.25)
+    assert isinstance(model.fc, Head)
+    first, relu, drop, last = model.fc
+    assert (first.in_features, first.out_features, last.out_features) == (512, 64, 5)
+    assert isinstance(relu, nn.ReLU) and drop.p == 0.25
+    assert head_name(model) == "fc"
+    path = tmp_path / "best.pt"
+    save_trained(model, path, arch="resnet18", classes=list("abcde"), head="mlp", hidden=64, dropout=0.25)
+    loaded, _ = load_trained(path)
+    for key, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+
+
+@pytest.mark.parametrize(("arch", "head"), [("resnet152", "fc"), ("vgg11", "classifier.6")])
+def test_mlp_head_and_frozen_backbone_on_the_other_tested_models(arch: str, head: str) -> None:
+    model = build_model(arch, None, 5, head="mlp", hidden=32, dropout=0.0)
+    assert head_name(model) == head
+    frozen = freeze(model, "backbone")
+    assert head not in frozen
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable == {f"{head}.0.weight", f"{head}.0.bias", f"{head}.3.weight", f"{head}.3.bias"}
+    train_mode(model, frozen)
+    assert model.get_submodule(head).training
+    backbone = [m for n, m in model.named_modules() if not n.startswith(head)]
+    assert not any(m.training for m in backbone if isinstance(m, nn.BatchNorm2d | nn.Dropout))
+
+
+def test_linear_head_with_dropout() -> None:
+    model = build_model("resnet18", None, 4, dropout=0.5)
+    assert isinstance(model.fc[0], nn.Dropout) and model.fc[1].out_features == 4
+    assert head_name(model) == "fc"
+
+
+def test_freezing_an_unknown_module_names_the_key() -> None:
+    with pytest.raises(ConfigError, match="layer9") as info:
+        freeze(build_model("resnet18", None, 3), ["layer1", "layer9"])
+    assert info.value.key == "train.freeze"
+    assert "layer4" in str(info.value)  # the message lists what there is
+
+
+# --- schedules -------------------------------------------------------------------------------------
+
+
+def lr_per_epoch(cfg: TrainConfig) -> list[float]:
+    optimizer = training.make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
+    scheduler = training.make_scheduler(optimizer, cfg)
+    lrs = []
+    for _ in range(cfg.epochs):
+        lrs.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def test_learning_rate_schedules() -> None:
+    base = TrainConfig(epochs=6, lr=0.1, step_size=2, gamma=0.5, min_lr=0.01, warmup_epochs=2)
+    assert lr_per_epoch(base) == pytest.approx([0.1] * 6)
+    assert lr_per_epoch(replace(base, scheduler="step")) == pytest.approx(
+        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    )
+    cosine = [0.01 + 0.09 * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(6)]
+    assert lr_per_epoch(replace(base, scheduler="cosine")) == pytest.approx(cosine)
+    warm = [0.1 / 3, 0.2 / 3] + [0.01 + 0.09 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lr_per_epoch(replace(base, scheduler="warmup_cosine")) == pytest.approx(warm)
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
+)
+def test_optimizers_take_lr_and_weight_decay(name: str, kind: type) -> None:
+    cfg = TrainConfig(optimizer=name, lr=0.02, momentum=0.8, weight_decay=0.001)
+    optimizer = training.make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
+    group = optimizer.param_groups[0]
+    assert type(optimizer) is kind
+    assert (group["lr"], group["weight_decay"]) == (0.02, 0.001)
+    if name == "sgd":
+        assert group["momentum"] == 0.8
+
+
+def test_label_smoothing_raises_the_loss_of_confident_predictions() -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=1e-9, precision="fp32", device="cpu", augment=[])
+    data = tiny_data(8)
+    plain = fit(cfg, data, build_model("resnet18", None, CLASSES))[1].history[0]["train/loss"]
+    smooth = fit(replace(cfg, label_smoothing=0.5), data, build_model("resnet18", None, CLASSES))[1]
+    assert smooth.history[0]["train/loss"] != pytest.approx(plain)
+
+
+def test_early_stopping_ends_the_run_and_keeps_the_best() -> None:
+    # lr so small nothing changes: val accuracy never improves after epoch 1
+    cfg = TrainConfig(epochs=10, batch_size=8, lr=1e-12, early_stopping=2, precision="fp32", device="cpu")
+    _, result = fit(cfg)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1 and result.finished
+
+
+# --- checkpoints, resume, determinism --------------------------------------------------------------
+
+RESUME_CFG = TrainConfig(
+    epochs=3,
+    batch_size=8,
+    optimizer="sgd",
+    lr=0.05,
+    scheduler="cosine",
+    label_smoothing=0.1,
+    device="cpu",
+    augment=[{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}],
+)
+
+
+def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    data = tiny_data(20)
+    whole_model, whole = fit(
+        RESUME_CFG, data, build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8)
+    )
+
+    checkpoint = tmp_path / "checkpoint.pt"
+    with pytest.raises(Stop):
+        fit(
+            RESUME_CFG,
+            data,
+            build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8),
+            checkpoint=checkpoint,
+            key="k",
+            on_epoch=stop_after(2),
+        )
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+
+    trained = count_epochs(monkeypatch)
+    replayed: list[dict[str, float]] = []
+    torch.manual_seed(99)  # whatever the global RNG holds in the new process
+    model, resumed = fit(
+        RESUME_CFG,
+        data,
+        build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8),
+        checkpoint=checkpoint,
+        key="k",
+        on_epoch=replayed.append,
+    )
+    assert len(trained) == 1  # only epoch 3 ran again
+    assert [m["epoch"] for m in replayed] == [1, 2, 3]  # the logger still sees every epoch
+    assert without_timings(resumed.history) == without_timings(whole.history)
+    assert resumed.best_epoch == whole.best_epoch
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    for key, value in whole.best_state.items():
+        assert torch.equal(resumed.best_state[key], value), key
+
+
+def test_finished_run_is_not_trained_again_but_other_params_are(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    cfg = replace(RESUME_CFG, epochs=2)
+    _, first = fit(cfg, checkpoint=checkpoint, key="a")
+    trained = count_epochs(monkeypatch)
+    _, again = fit(cfg, checkpoint=checkpoint, key="a")
+    assert trained == [] and again.finished
+    assert without_timings(again.history) == without_timings(first.history)
+    fit(cfg, checkpoint=checkpoint, key="b")  # another fingerprint: the old checkpoint is not used
+    assert len(trained) == 2
+
+
+def test_unreadable_checkpoint_is_a_clear_error(tmp_path) -> None:
+    checkpoint = tmp_path / "checkpoint.pt"
+    checkpoint.write_text("not a checkpoint")
+    with pytest.raises(FlowerpipeError, match=r"checkpoint\.pt: cannot be read as a checkpoint"):
+        fit(RESUME_CFG, checkpoint=checkpoint, key="k")
+
+
+def test_fingerprint_follows_the_recipe_not_the_device() -> None:
+    cfg = TrainConfig()
+    assert training.fingerprint(cfg.recipe) == training.fingerprint(
+        replace(cfg, device="cpu", precision="fp32").recipe
+    )
+    assert training.fingerprint(cfg.recipe) != training.fingerprint(replace(cfg, lr=0.01).recipe)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "auto"])
+def test_same_params_give_identical_runs(precision: str) -> None:
+    cfg = replace(RESUME_CFG, epochs=2, precision=precision)
+    model_a, a = fit(cfg, model=build_model("resnet18", None, CLASSES, seed=3))
+    model_b, b = fit(cfg, model=build_model("resnet18", None, CLASSES, seed=3))
+    assert without_timings(a.history) == without_timings(b.history)
+    for key, value in model_a.state_dict().items():
+        assert torch.equal(model_b.state_dict()[key], value), key
+    _, c = fit(replace(cfg, seed=1), model=build_model("resnet18", None, CLASSES, seed=3))
+    assert without_timings(c.history) != without_timings(a.history)
+
+
+# --- frozen backbone: features once ----------------------------------------------------------------
+
+
+def test_frozen_backbone_without_augmentation_computes_features_once() -> None:
+    data = tiny_data(20, n_val=7)
+    cfg = TrainConfig(
+        epochs=4, batch_size=8, lr=0.05, freeze="backbone", precision="fp32", device="cpu", augment=[]
+    )
+    model = build_model("resnet18", None, CLASSES, head="mlp", hidden=16, seed=5)
+    images_seen = []
+    model.layer1.register_forward_hook(lambda _m, args, _out: images_seen.append(len(args[0])))
+    _, cached = fit(cfg, data, model)
+    assert sum(images_seen) == 20 + 7  # each train and val image went through the backbone once
+
+    # the same training on the whole frozen model (every backbone module named) gives the same head
+    names = [n for n, _ in model.named_children() if n != "fc"]
+    slow_model = build_model("resnet18", None, CLASSES, head="mlp", hidden=16, seed=5)
+    _, slow = fit(replace(cfg, freeze=names), data, slow_model)
+    assert sum(images_seen) == 27  # the hook is on the first model only
+    for h_cached, h_slow in zip(cached.history, slow.history, strict=True):
+        assert h_cached["val/accuracy"] == h_slow["val/accuracy"]
+        assert h_cached["train/loss"] == pytest.approx(h_slow["train/loss"], rel=1e-4)
+    for key, value in slow_model.fc.state_dict().items():
+        torch.testing.assert_close(model.fc.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_frozen_backbone_with_augmentation_trains_through_the_model() -> None:
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, freeze="backbone", precision="fp32", device="cpu")
+    model = build_model("resnet18", None, CLASSES)
+    images_seen = []
+    model.layer1.register_forward_hook(lambda _m, args, _out: images_seen.append(len(args[0])))
+    fit(cfg, tiny_data(16, n_val=6), model)
+    assert sum(images_seen) == 2 * (16 + 6)  # augmented crops change every epoch: no feature cache
+
+
+# --- precision -------------------------------------------------------------------------------------
+
+
+def test_precision_choice() -> None:
+    assert autocast_dtype(CPU, "fp32") is None
+    assert autocast_dtype(CPU, "bf16") == torch.bfloat16
+    caps = torch.cpu.get_capabilities()
+    native = caps.get("avx512_bf16") or caps.get("amx_bf16")
+    assert autocast_dtype(CPU, "auto") == (torch.bfloat16 if native else None)
+    with pytest.raises(ConfigError) as info:
+        autocast_dtype(CPU, "fp16")
+    assert info.value.key == "train.precision"
+
+
+def test_bf16_training_on_the_cpu_learns() -> None:
+    cfg = TrainConfig(epochs=3, batch_size=8, lr=0.05, precision="bf16", device="cpu", augment=[])
+    _, result = fit(cfg, tiny_data(24, n_val=9))
+    assert all(math.isfinite(h["train/loss"]) for h in result.history)
+    assert result.best_val_accuracy > 1 / CLASSES
