@@ -58,6 +58,11 @@ def test_values_are_taken_and_coerced() -> None:
     assert cfg.train.augment == []
 
 
+@pytest.mark.parametrize("freeze", ["none", "backbone", ["layer1", "layer2"]])
+def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
+    assert config_from_dict({"train": {"freeze": freeze}}).train.freeze == freeze
+
+
 @pytest.mark.parametrize(
     ("raw", "key"),
     [
@@ -92,6 +97,23 @@ def test_values_are_taken_and_coerced() -> None:
         ({"train": {"augment": [{}, {"A": {}, "B": {}}]}}, "train.augment[0]"),
         ({"train": {"augment": [{"RandomHorizontalFlip": 5}]}}, "train.augment[0].RandomHorizontalFlip"),
         ({"train": 5}, "train"),
+        ({"model": {"head": "deep"}}, "model.head"),
+        ({"model": {"hidden": 0}}, "model.hidden"),
+        ({"model": {"dropout": 1.0}}, "model.dropout"),
+        ({"train": {"optimizer": "rmsprop"}}, "train.optimizer"),
+        ({"train": {"scheduler": "cosine_warmup"}}, "train.scheduler"),
+        ({"train": {"scheduler": "warmup_cosine", "warmup_epochs": 0}}, "train.warmup_epochs"),
+        ({"train": {"epochs": 3, "warmup_epochs": 3}}, "train.warmup_epochs"),
+        ({"train": {"step_size": 0}}, "train.step_size"),
+        ({"train": {"gamma": 0}}, "train.gamma"),
+        ({"train": {"min_lr": 0.01}}, "train.min_lr"),
+        ({"train": {"label_smoothing": 1.0}}, "train.label_smoothing"),
+        ({"train": {"early_stopping": -1}}, "train.early_stopping"),
+        ({"train": {"freeze": "layer1"}}, "train.freeze"),
+        ({"train": {"freeze": []}}, "train.freeze"),
+        ({"train": {"freeze": ["layer1", 2]}}, "train.freeze"),
+        ({"train": {"freeze": 3}}, "train.freeze"),
+        ({"train": {"precision": "fp8"}}, "train.precision"),
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size"),
         ({"plot": {"dpi": 10}}, "plot.dpi"),
         ({"export": {"opset": 11}}, "export.opset"),

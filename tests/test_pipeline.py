@@ -6,13 +6,16 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
+import torch
 import yaml
 from conftest import REPO, make_photos
 
@@ -41,11 +44,15 @@ class DvcRepo:
         path.mkdir(parents=True, exist_ok=True)
         for name in ("dvc.yaml", "params.yaml", ".gitignore"):
             shutil.copy(REPO / name, path / name)
-        for folder in ("stages", "flowerpipe"):
+        for folder in ("stages", "flowerpipe", "presets"):
             shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
         self.run("git", "init", "-q")
         self.dvc("init", "-q")
         self.commit("pipeline")
+
+    def start(self, *args: str) -> subprocess.Popen[str]:
+        """Start a command in a process group of its own (so that it can be killed whole)."""
+        return subprocess.Popen(args, cwd=self.path, env=self.env, text=True, start_new_session=True)
 
     def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True)
@@ -156,6 +163,73 @@ def test_experiment_with_another_arch(repo: DvcRepo) -> None:
     params = [e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"] for e in experiments]
     assert "mobilenet_v3_small" in params
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+
+
+def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
+    """A change to a module train depends on re-runs the stage; the finished checkpoint answers."""
+    before = torch.load(repo.path / "models/best.pt", weights_only=True)["state_dict"]
+    with open(repo.path / "flowerpipe/training.py", "a") as f:
+        f.write("# an edit that changes no training\n")
+    done = repo.dvc("repro", "train")
+    assert stages_run(done.stdout) == ["train"]
+    assert "resuming from models/checkpoint.pt after epoch 2 of 2" in done.stderr
+    assert "epoch 1/2" not in done.stderr  # no epoch trained again
+    after = torch.load(repo.path / "models/best.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+    assert len(repo.json("results/train/metrics.json")) > 0
+    assert len((repo.path / "results/train/plots/metrics/val/accuracy.tsv").read_text().splitlines()) == 3
+
+
+def test_killed_training_resumes_to_the_uninterrupted_result(repo: DvcRepo, tmp_path: Path) -> None:
+    longer = {"train": {"epochs": 6, "batch_size": 4}}
+    whole = DvcRepo(tmp_path / "whole", template=repo)
+    whole.set_params(longer)
+    whole.dvc("repro", "train")
+
+    repo.set_params(longer)
+    checkpoint = repo.path / "models/checkpoint.pt"
+    written = checkpoint.stat().st_mtime_ns
+    proc = repo.start(sys.executable, "-m", "dvc", "repro", "train")
+    while checkpoint.stat().st_mtime_ns == written:  # until the new run has written epoch 1
+        assert proc.poll() is None, "training ended before it could be killed"
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    stopped_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= stopped_at < 6
+
+    done = repo.dvc("repro", "train")
+    assert f"resuming from models/checkpoint.pt after epoch {stopped_at} of 6" in done.stderr
+    timing = ("epoch_seconds", "train_images_per_second")
+    metrics = [
+        {k: v for k, v in r.json("results/train/metrics.json").items() if k not in timing}
+        for r in (repo, whole)
+    ]
+    assert metrics[0] == metrics[1]
+    states = [torch.load(r.path / "models/best.pt", weights_only=True)["state_dict"] for r in (repo, whole)]
+    assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
+
+
+@pytest.mark.parametrize("preset", ["resnet152-reference"])
+def test_preset_runs_as_an_experiment(repo: DvcRepo, preset: str) -> None:
+    small = [
+        "-S",
+        "model.weights=null",
+        "-S",
+        "train.epochs=2",
+        "-S",
+        "train.warmup_epochs=1",
+        "-S",
+        "model.hidden=16",
+    ]
+    done = repo.run("sh", f"presets/{preset}.sh", "train", *small)
+    assert stages_run(done.stdout) == ["prepare", "train"] or stages_run(done.stdout) == ["train"]
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    experiments = {e["name"]: e for rev in shown for e in rev.get("experiments") or []}
+    params = experiments[preset]["revs"][0]["data"]["params"]["params.yaml"]["data"]
+    assert params["model"]["arch"] == "resnet152" and params["train"]["freeze"] == ["layer1", "layer2"]
+    assert params["train"]["epochs"] == 2  # options after the preset's win
+    assert repo.json("results/train/metrics.json")["best_epoch"] in (1, 2)
 
 
 def test_bad_param_stops_with_one_line_naming_the_key(repo: DvcRepo) -> None:
