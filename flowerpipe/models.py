@@ -148,7 +148,7 @@ def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:
     else:
         known = dict(model.named_modules())
         for name in spec:
-            if name not in known or not name:
+            if not name or name not in known:
                 top = ", ".join(n for n, _ in model.named_children())
                 raise ConfigError(
                     "train.freeze", f"{type(model).__name__} has no module {name!r} (top level: {top})"

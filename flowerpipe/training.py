@@ -32,7 +32,6 @@ from .models import freeze, head_name, train_mode
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
 EpochCallback = Callable[[dict[str, float]], None]
-Batches = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -52,6 +51,7 @@ def fingerprint(*parts: Any) -> str:
 
 
 def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW over `params` (the trainable ones), with weight decay."""
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
@@ -95,6 +95,7 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def state(self, key: str) -> dict[str, Any]:
+        """The checkpoint: all a run needs to go on after its last epoch exactly as it would have."""
         rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
         if self.device.type == "cuda":
             rng["cuda"] = torch.cuda.get_rng_state_all()
@@ -114,6 +115,7 @@ class Run:
         }
 
     def restore(self, saved: dict[str, Any]) -> None:
+        """Take back a checkpoint written by `state`."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
@@ -149,6 +151,8 @@ def fit(
     frozen = freeze(model, cfg.freeze)
     if device.type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)  # faster convolutions on both
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     model.to(device)
     run = Run(model, cfg, device, frozen)
     saved = _load_checkpoint(checkpoint, key)
@@ -161,48 +165,29 @@ def fit(
     if run.result.finished:
         return run.result
 
-    train_y = torch.from_numpy(labels[train_idx]).to(device)
-    val_y = torch.from_numpy(labels[val_idx]).to(device)
-    head = model.get_submodule(head_name(model))
-    features = None
+    feed = None
     if cfg.freeze == "backbone" and not cfg.augment:
-        features = _backbone_features(run, head, images, train_idx, val_idx, image_size)
-    if features is not None:
-        train_x, val_x = features
-        net: nn.Module = head
-        batch_input: Batches = lambda pos: train_x[pos]  # noqa: E731
-    else:
-        net = model
-        pixels = _pixels(images[train_idx], device)  # the whole train split, once (on the GPU there)
-        augment = build_augment(cfg.augment, image_size)
-        batch_input = lambda pos: normalize(augment_batch(pixels[pos], augment))  # noqa: E731
-    val_images = np.asarray(images[val_idx])
+        feed = _feature_feed(run, images, train_idx, val_idx, image_size)
+    feed = feed or _image_feed(run, images, train_idx, val_idx, image_size)
+    train_y = torch.from_numpy(labels[train_idx]).to(device)
+    val_y = torch.from_numpy(labels[val_idx])
 
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
         order = torch.from_numpy(run.rng.permutation(len(train_idx))).to(device)
-        if features is None:
-            train_mode(model, frozen)
-        else:
-            head.train()
-        train_loss, train_acc = _train_epoch(run, net, batch_input, train_y, order)
+        feed.train_mode()
+        train_loss, train_acc = _train_epoch(run, feed, train_y, order)
         train_seconds = time.perf_counter() - start
         run.scheduler.step()
-        if features is None:
-            with run.autocast():
-                logits = torch.from_numpy(
-                    predict_logits(model, val_images, image_size, cfg.batch_size, device)
-                )
-        else:
-            with torch.inference_mode(), run.autocast():
-                logits = head.eval()(val_x).float().cpu()
-        val_acc = float((logits.argmax(1) == val_y.cpu()).float().mean())
+        with run.autocast():
+            logits = feed.val_logits()
+        val_acc = float((logits.argmax(1) == val_y).float().mean())
         metrics = {
             "epoch": epoch,
             "train/loss": train_loss,
             "train/accuracy": train_acc,
-            "val/loss": float(run.loss_fn(logits, val_y.cpu())),
+            "val/loss": float(run.loss_fn(logits, val_y)),
             "val/accuracy": val_acc,
             "lr": lr,
             "epoch_seconds": time.perf_counter() - start,
@@ -223,49 +208,39 @@ def fit(
     return run.result
 
 
-def _train_epoch(
-    run: Run, net: nn.Module, batch_input: Batches, labels: torch.Tensor, order: torch.Tensor
-) -> tuple[float, float]:
-    """One pass over `order` (positions in the train split); returns mean loss and accuracy."""
-    total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
-    size = run.cfg.batch_size
-    # BatchNorm cannot train on a batch of one: drop such a last batch.
-    stop = len(order) - 1 if len(order) % size == 1 else len(order)
-    starts = range(0, stop, size)
-    bar = progress(starts, "train", len(starts), "batch")
-    t0 = time.perf_counter()
-    for i, start in enumerate(bar):
-        pos = order[start : min(start + size, stop)]
-        x, y = batch_input(pos), labels[pos]
-        if x.dim() == 4:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with run.autocast():
-            logits = net(x)
-            loss = run.loss_fn(logits.float(), y)
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        total_loss += loss.detach() * len(y)
-        correct += (logits.argmax(1) == y).sum()
-        seen += len(y)
-        if bar.disable is False and (i % 10 == 0 or start + size >= stop):  # syncs the GPU: not every step
-            elapsed = time.perf_counter() - t0
-            bar.set_postfix(loss=float(total_loss) / seen, acc=float(correct) / seen, img_s=seen / elapsed)
-    return float(total_loss) / max(seen, 1), float(correct) / max(seen, 1)
+@dataclass
+class Feed:
+    """What a training step runs (`net`), how a batch of train positions becomes its input, and
+    the val logits: of the whole model on augmented images, or of the head on cached features."""
+
+    net: nn.Module
+    batch: Callable[[torch.Tensor], torch.Tensor]
+    train_mode: Callable[[], object]
+    val_logits: Callable[[], torch.Tensor]
 
 
-def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 NHWC rows as one NCHW tensor on `device`."""
-    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+def _image_feed(run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, size: int) -> Feed:
+    pixels = _pixels(images[train_idx], run.device)  # the whole train split, once (on the GPU there)
+    augment = build_augment(run.cfg.augment, size)
+    val_images = np.asarray(images[val_idx])
+    model = run.model
+    return Feed(
+        net=model,
+        batch=lambda pos: normalize(augment_batch(pixels[pos], augment)),
+        train_mode=lambda: train_mode(model, run.frozen),
+        val_logits=lambda: torch.from_numpy(
+            predict_logits(model, val_images, size, run.cfg.batch_size, run.device)
+        ),
+    )
 
 
-def _backbone_features(
-    run: Run, head: nn.Module, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, image_size: int
-) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """What the frozen backbone hands the head for the centre crop of each train and val image,
-    computed once; None for models that do more after their head (SqueezeNet pools after it)."""
+def _feature_feed(
+    run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, size: int
+) -> Feed | None:
+    """A feed of what the frozen backbone hands the head for the centre crop of each train and val
+    image, computed once; None for models that do more after their head (SqueezeNet pools)."""
     start = time.perf_counter()
+    head = run.model.get_submodule(head_name(run.model))
     captured: list[torch.Tensor] = []
     hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
     model = run.model.eval()
@@ -274,9 +249,9 @@ def _backbone_features(
         with torch.inference_mode(), run.autocast():
             for idx, desc in ((train_idx, "features (train)"), (val_idx, "features (val)")):
                 starts = range(0, len(idx), run.cfg.batch_size)
-                for start in progress(starts, desc, len(starts), "batch"):
-                    batch = _pixels(images[idx[start : start + run.cfg.batch_size]], run.device)
-                    x = normalize(center_crop_batch(batch, image_size))
+                for start_at in progress(starts, desc, len(starts), "batch"):
+                    batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
+                    x = normalize(center_crop_batch(batch, size))
                     outputs.append(model(x.contiguous(memory_format=torch.channels_last)).float())
             direct = torch.cat(outputs)
             feats = torch.cat(captured)
@@ -295,7 +270,48 @@ def _backbone_features(
         seconds,
         len(feats) / seconds,
     )
-    return feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
+    train_x, val_x = feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
+
+    @torch.inference_mode()
+    def val_logits() -> torch.Tensor:
+        return head.eval()(val_x).float().cpu()
+
+    return Feed(net=head, batch=lambda pos: train_x[pos], train_mode=head.train, val_logits=val_logits)
+
+
+def _train_epoch(run: Run, feed: Feed, labels: torch.Tensor, order: torch.Tensor) -> tuple[float, float]:
+    """One pass over `order` (positions in the train split); returns mean loss and accuracy."""
+    total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
+    size = run.cfg.batch_size
+    # BatchNorm cannot train on a batch of one: drop such a last batch.
+    stop = len(order) - 1 if len(order) % size == 1 else len(order)
+    starts = range(0, stop, size)
+    bar = progress(starts, "train", len(starts), "batch")
+    t0 = time.perf_counter()
+    for i, start in enumerate(bar):
+        pos = order[start : min(start + size, stop)]
+        x, y = feed.batch(pos), labels[pos]
+        if x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with run.autocast():
+            logits = feed.net(x)
+            loss = run.loss_fn(logits.float(), y)
+        run.optimizer.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        total_loss += loss.detach() * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if bar.disable is False and (i % 10 == 0 or start + size >= stop):  # syncs the GPU: not every step
+            elapsed = time.perf_counter() - t0
+            bar.set_postfix(loss=float(total_loss) / seen, acc=float(correct) / seen, img_s=seen / elapsed)
+    return float(total_loss) / max(seen, 1), float(correct) / max(seen, 1)
+
+
+def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
+    """uint8 NHWC rows as one NCHW tensor on `device`."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
 
 
 def _keep_best(run: Run, metrics: dict[str, float]) -> None:

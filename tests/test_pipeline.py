@@ -148,9 +148,10 @@ def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
     assert {"results/evaluate/metrics.json", "results/export/metrics.json"} <= set(files)
 
     plots = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
-    assert {"Loss", "Accuracy", "results/evaluate/confusion.json", "F1 per class (test)"} <= set(plots)
+    declared = ("Loss", "Accuracy", "Learning rate", "results/evaluate/confusion.json", "F1 per class (test)")
+    assert set(declared) <= set(plots)
     assert {"results/plots/curves.png", "results/plots/confusion.png"} <= set(plots)
-    for name in ("Loss", "Accuracy", "results/evaluate/confusion.json", "F1 per class (test)"):
+    for name in declared:
         assert plots[name][0]["content"]["data"]["values"], f"plot {name} has no data"
     for name in ("Loss", "Accuracy"):  # train and val in one plot
         assert len({row["filename"] for row in plots[name][0]["content"]["data"]["values"]}) == 2
