@@ -1,6 +1,6 @@
-"""plot: PNG figures of the training curves and the test confusion matrix."""
+"""plot: PNG figures of the training curves, the test confusion matrix and the most confidently
+wrong test photos."""
 
-import csv
 from pathlib import Path
 
 import numpy as np
@@ -8,32 +8,31 @@ import numpy as np
 from flowerpipe.atomic import atomic_path
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
+from flowerpipe.dataset import load_prepared
 from flowerpipe.evaluation import confusion_matrix
-from flowerpipe.plots import confusion_figure, curves_figure
-
-DVCLIVE_PLOTS = Path("results/train/plots/metrics")
-
-
-def read_tsv(path: Path) -> list[tuple[float, float]]:
-    with open(path, newline="") as f:
-        return [(float(r["step"]), float(r[path.stem])) for r in csv.DictReader(f, delimiter="\t")]
+from flowerpipe.plots import (
+    confusion_figure,
+    curves_figure,
+    mistakes_figure,
+    most_confident_mistakes,
+    read_history,
+    read_predictions,
+)
 
 
 def main() -> None:
     cfg = load_config()
-    history = {
-        f"{split}/{metric}": read_tsv(DVCLIVE_PLOTS / split / f"{metric}.tsv")
-        for split in ("train", "val")
-        for metric in ("loss", "accuracy")
-    }
-    with open("results/evaluate/predictions.csv", newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
-        pairs = [(classes.index(r["actual"]), classes.index(r["predicted"])) for r in reader]
-    actual, predicted = np.array(pairs).T
+    classes, rows = read_predictions("results/evaluate/predictions.csv")
+    actual, predicted = (
+        np.array([classes.index(r[k]) for r in rows], dtype=np.int64) for k in ("actual", "predicted")
+    )
+    data = load_prepared("data/prepared")
+    index = {r["relpath"]: i for i, r in enumerate(data.rows)}
+    wrong = most_confident_mistakes(rows)
     figures = {
-        "curves.png": curves_figure(history),
+        "curves.png": curves_figure(read_history("results/train/plots/metrics")),
         "confusion.png": confusion_figure(confusion_matrix(actual, predicted, len(classes)), classes),
+        "mistakes.png": mistakes_figure([data.images[index[r["path"]]] for r in wrong], wrong),
     }
     for name, figure in figures.items():
         with atomic_path(Path("results/plots") / name) as tmp:

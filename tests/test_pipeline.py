@@ -107,6 +107,7 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         "models/model.onnx",
         "results/plots/curves.png",
         "results/plots/confusion.png",
+        "results/plots/mistakes.png",
     ):
         assert (repo.path / out).stat().st_size > 0, out
 
@@ -116,6 +117,10 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     test = repo.json("results/evaluate/metrics.json")["test"]
     assert test["images"] == sum(prepared["counts"]["test"].values())
     assert 0 <= test["accuracy"] <= 1
+    for split in ("test", "val"):
+        metrics = repo.json("results/evaluate/metrics.json")[split]
+        assert set(metrics["per_class"]) == {"daisy", "dandelion", "roses"}
+        assert {"precision", "recall", "f1", "support"} == set(metrics["per_class"]["roses"])
     parity = repo.json("results/export/metrics.json")["parity"]
     assert parity["within_tolerance"] and parity["top1_agreement"] == 1.0
 
@@ -157,13 +162,102 @@ def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
         assert len({row["filename"] for row in plots[name][0]["content"]["data"]["values"]}) == 2
 
 
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
+VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
+
+
+@pytest.fixture(scope="session")
+def browser() -> tuple[str, Path]:
+    """Headless Chromium and the vega scripts from npm, as `.ci/run` provides them."""
+    vega = os.environ.get("FLOWERPIPE_VEGA_DIR")
+    if not vega:
+        pytest.skip("set FLOWERPIPE_VEGA_DIR to a folder with vega, vega-lite and vega-embed (.ci/run does)")
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert chromium, "FLOWERPIPE_VEGA_DIR is set but there is no chromium on PATH"
+    for name in VEGA_SCRIPTS:
+        assert (Path(vega) / name).is_file(), f"{vega}/{name} is missing"
+    return chromium, Path(vega)
+
+
+@pytest.mark.browser
+def test_plots_render_in_a_browser(reproduced: tuple[DvcRepo, str], browser, tmp_path: Path) -> None:
+    """`dvc plots show` HTML, with vega served from files, renders every declared plot in Chromium."""
+    chromium, vega = browser
+    repo = reproduced[0]
+    out = tmp_path / "dvc_plots"
+    repo.dvc("plots", "show", "--html-template", str(REPO / "tests/browser/plots_page.html"), "-o", str(out))
+    for name in VEGA_SCRIPTS:
+        shutil.copy(vega / name, out / name)
+    page = (out / "index.html").as_uri()
+    dump = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, "--virtual-time-budget=30000", "--dump-dom", page],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    report = json.loads(dump.split('<pre id="render-report">')[1].split("</pre>")[0].replace("&quot;", '"'))
+
+    declared = [
+        next(iter(p)) if isinstance(p, dict) else p
+        for p in yaml.safe_load((REPO / "dvc.yaml").read_text())["plots"]
+    ]
+    images = [p for p in declared if p.endswith(".png")]
+    assert len(report["plots"]) == len(declared) - len(images)
+    for plot in report["plots"]:
+        assert plot["error"] is None, plot
+        assert plot["marks"] > 0, f"{plot['id']} drew no data"
+        assert plot["title"], f"{plot['id']} has no title"
+    assert sorted(i["src"].rsplit("_", 1)[-1] for i in report["images"]) == sorted(
+        Path(p).name for p in images
+    )
+    assert all(i["loaded"] for i in report["images"]), report["images"]
+
+    shot = Path(os.environ.get("FLOWERPIPE_ARTIFACTS", tmp_path)) / "plots.png"
+    shot.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            "--virtual-time-budget=30000",
+            "--window-size=1400,3600",
+            f"--screenshot={shot}",
+            page,
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
+    assert shot.stat().st_size > 10_000
+    print(f"screenshot of the rendered plots: {shot}")
+
+
 def test_experiment_with_another_arch(repo: DvcRepo) -> None:
-    repo.dvc("exp", "run", "-S", "model.arch=mobilenet_v3_small", "-S", "train.epochs=1")
+    repo.dvc("exp", "run", "-n", "mobile", "-S", "model.arch=mobilenet_v3_small", "-S", "train.epochs=1")
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     experiments = [exp for rev in shown for exp in rev.get("experiments") or []]
     params = [e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"] for e in experiments]
     assert "mobilenet_v3_small" in params
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+
+    # the baseline commit and the experiment, side by side in every declared plot
+    diff = json.loads(repo.dvc("plots", "diff", "HEAD", "mobile", "--json").stdout)["data"]
+    for name in (
+        "Loss",
+        "Accuracy",
+        "Learning rate",
+        "results/evaluate/confusion.json",
+        "F1 per class (test)",
+    ):
+        revs = {row["rev"] for row in diff[name][0]["content"]["data"]["values"]}
+        assert revs == {"HEAD", "mobile"}, name
+    assert {"HEAD", "mobile"} == {image["revisions"][0] for image in diff["results/plots/mistakes.png"]}
 
 
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:

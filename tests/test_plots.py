@@ -1,0 +1,83 @@
+"""The figures and the readers of the files they are drawn from."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from flowerpipe.evaluation import prediction_rows
+from flowerpipe.plots import (
+    confusion_figure,
+    curves_figure,
+    mistakes_figure,
+    most_confident_mistakes,
+    read_history,
+    read_predictions,
+)
+
+CLASSES = ["daisy", "roses", "tulips"]
+
+
+def write_predictions(path: Path) -> None:
+    # wrong: p1 (roses 0.84 for daisy), p3 (daisy 0.63 for tulips), p4 (roses 0.97 for tulips)
+    logits = np.log(
+        np.array([[0.8, 0.1, 0.1], [0.1, 0.84, 0.06], [0.1, 0.8, 0.1], [0.63, 0.2, 0.17], [0.01, 0.97, 0.02]])
+    )
+    rows = prediction_rows([f"p{i}.jpg" for i in range(5)], logits, np.array([0, 0, 1, 2, 2]), CLASSES)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def titles(figure) -> list[str]:
+    return [ax.get_title() for ax in figure.axes if ax.get_title()]
+
+
+def test_mistakes_are_the_wrong_predictions_most_confident_first(tmp_path: Path) -> None:
+    write_predictions(tmp_path / "predictions.csv")
+    classes, rows = read_predictions(tmp_path / "predictions.csv")
+    assert classes == CLASSES
+    wrong = most_confident_mistakes(rows)
+    assert [r["path"] for r in wrong] == ["p4.jpg", "p1.jpg", "p3.jpg"]
+    assert [r["path"] for r in most_confident_mistakes(rows, count=1)] == ["p4.jpg"]
+
+    images = [np.full((20, 20, 3), v, np.uint8) for v in (0, 100, 200)]
+    figure = mistakes_figure(images, wrong)
+    assert titles(figure)[0] == "true: tulips\npredicted: roses (97%)"
+    assert len(titles(figure)) == 3
+    assert figure._suptitle.get_text() == "The 3 most confidently wrong test photos"
+    figure.savefig(io.BytesIO(), format="png")
+
+
+def test_no_mistakes_is_said_plainly() -> None:
+    figure = mistakes_figure([], [])
+    assert figure._suptitle.get_text() == "No wrong test photos"
+    figure.savefig(io.BytesIO(), format="png")
+
+
+def test_history_reads_dvclive_series(tmp_path: Path) -> None:
+    for name, values in {"train/loss": [1.0, 0.5], "val/loss": [1.2, 0.9], "lr": [0.1, 0.05]}.items():
+        path = tmp_path / f"{name}.tsv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        metric = path.stem
+        path.write_text("step\t" + metric + "\n" + "".join(f"{i + 1}\t{v}\n" for i, v in enumerate(values)))
+    history = read_history(tmp_path)
+    assert history == {
+        "lr": [(1, 0.1), (2, 0.05)],
+        "train/loss": [(1, 1.0), (2, 0.5)],
+        "val/loss": [(1, 1.2), (2, 0.9)],
+    }
+    figure = curves_figure(history)
+    assert titles(figure) == ["Loss", "Accuracy"]
+    assert [line.get_label() for line in figure.axes[0].get_lines()] == ["train", "val"]
+
+
+def test_confusion_figure_shows_counts_and_row_shares() -> None:
+    figure = confusion_figure(np.array([[3, 1], [0, 4]]), ["a", "b"])
+    texts = [t.get_text() for t in figure.axes[0].texts]
+    assert texts == ["3\n75%", "1\n25%", "0\n0%", "4\n100%"]
+    assert "accuracy 87.5%" in titles(figure)[0]
