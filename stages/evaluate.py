@@ -5,7 +5,8 @@ from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
 from flowerpipe.devices import resolve_device
-from flowerpipe.evaluation import classification_metrics, predict_logits, prediction_rows
+from flowerpipe.evaluation import predict_logits
+from flowerpipe.metrics import classification_metrics, prediction_rows
 from flowerpipe.models import load_trained
 
 

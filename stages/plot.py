@@ -9,7 +9,7 @@ from flowerpipe.atomic import atomic_path
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
-from flowerpipe.evaluation import confusion_matrix
+from flowerpipe.metrics import confusion_matrix
 from flowerpipe.plots import (
     confusion_figure,
     curves_figure,

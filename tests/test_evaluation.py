@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from flowerpipe.evaluation import (
+from flowerpipe.evaluation import predict_logits
+from flowerpipe.metrics import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
-    predict_logits,
     prediction_rows,
     softmax,
 )

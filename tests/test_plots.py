@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.evaluation import prediction_rows
+from flowerpipe.metrics import prediction_rows
 from flowerpipe.plots import (
     confusion_figure,
     curves_figure,
