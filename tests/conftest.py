@@ -45,6 +45,13 @@ def make_photos(root: Path, per_class: int = 24, seed: int = 0, classes=CLASSES)
     return root
 
 
+def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    """Training history minus the wall-clock entries, which differ between identical runs."""
+    return [
+        {k: v for k, v in h.items() if k not in ("epoch_seconds", "train_images_per_second")} for h in history
+    ]
+
+
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     """A folder of three classes of 24 synthetic photos each."""

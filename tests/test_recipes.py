@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from conftest import without_timings
 from torch import nn
 
 from flowerpipe import training
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CPU = torch.device("cpu")
 RESIZE, IMAGE_SIZE, CLASSES = 36, 32, 3
-TIMING_KEYS = {"epoch_seconds", "train_images_per_second"}
 
 
 def tiny_data(
@@ -44,10 +44,6 @@ def fit(
     model = model if model is not None else build_model("resnet18", None, CLASSES)
     result = training.fit(model, images, labels, train_idx, val_idx, cfg, IMAGE_SIZE, CPU, **kwargs)
     return model, result
-
-
-def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
 
 def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
-from conftest import make_photos
+from conftest import make_photos, without_timings
 
 from flowerpipe import dataset, training
 from flowerpipe.config import TrainConfig
@@ -23,8 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RESIZE, IMAGE_SIZE = 40, 32
 CPU = torch.device("cpu")
-TIMING_KEYS = {"epoch_seconds", "train_images_per_second"}
-CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, device="cpu", seed=0)
+CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, precision="fp32", device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +50,6 @@ def run_fit(data: Prepared, cfg: TrainConfig = CFG, model: torch.nn.Module | Non
         on_epoch=on_epoch,
     )
     return model, result
-
-
-def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
-    return [{k: v for k, v in h.items() if k not in TIMING_KEYS} for h in history]
 
 
 @pytest.fixture(scope="module")
