@@ -37,9 +37,9 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
 
 def classification_metrics(
     logits: np.ndarray, y_true: np.ndarray, classes: Sequence[str]
-) -> tuple[dict[str, float], list[dict[str, Any]]]:
-    """Headline scores (accuracy, top-2, mean loss, ECE, macro precision/recall/F1) and one row
-    of precision/recall/F1/support per class."""
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Headline scores (accuracy, top-2, mean loss, ECE, macro and per-class precision/recall/F1)
+    and the per-class scores again as one row per class (the form DVC's bar plots read)."""
     probs = softmax(logits)
     y_pred = probs.argmax(axis=1)
     n = len(y_true)
@@ -51,7 +51,7 @@ def classification_metrics(
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     top2 = np.argsort(-probs, axis=1)[:, :2]
     log_probs = np.log(np.clip(probs[np.arange(n), y_true], 1e-12, None))
-    headline = {
+    headline: dict[str, Any] = {
         "images": n,
         "accuracy": float((y_pred == y_true).mean()),
         "top2_accuracy": float((top2 == y_true[:, None]).any(axis=1).mean()),
@@ -65,6 +65,9 @@ def classification_metrics(
         {"class": c, "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
         for c, p, r, f, s in zip(classes, precision, recall, f1, cm.sum(axis=1), strict=True)
     ]
+    headline["per_class"] = {
+        row["class"]: {k: v for k, v in row.items() if k != "class"} for row in per_class
+    }
     return headline, per_class
 
 

@@ -12,6 +12,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .metrics import confusion_matrix
+
 Series = Sequence[tuple[float, float]]
 
 
@@ -85,6 +87,14 @@ def most_confident_mistakes(rows: Sequence[Mapping[str, str]], count: int = 16) 
     """The wrong predictions with the highest predicted probability first."""
     wrong = [r for r in rows if r["actual"] != r["predicted"]]
     return sorted(wrong, key=lambda r: -float(r[f"p_{r['predicted']}"]))[:count]
+
+
+def prediction_confusion(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> np.ndarray:
+    """The confusion matrix (actual rows, predicted columns) of predictions.csv rows."""
+    actual, predicted = (
+        np.array([classes.index(r[k]) for r in rows], dtype=np.int64) for k in ("actual", "predicted")
+    )
+    return confusion_matrix(actual, predicted, len(classes))
 
 
 def read_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:

@@ -167,8 +167,9 @@ def fit(
 
     feed = None
     if cfg.freeze == "backbone" and not cfg.augment:
-        feed = _feature_feed(run, images, train_idx, val_idx, image_size)
-    feed = feed or _image_feed(run, images, train_idx, val_idx, image_size)
+        feed = _feature_feed(run, images, train_idx, val_idx, image_size)  # None if the model forbids it
+    if feed is None:
+        feed = _image_feed(run, images, train_idx, val_idx, image_size)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
     val_y = torch.from_numpy(labels[val_idx])
 

@@ -20,14 +20,7 @@ def main() -> None:
         idx = data.indices(split)
         logits = predict_logits(model, data.images[idx], meta["image_size"], cfg.evaluate.batch_size, device)
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
-    metrics = {
-        split: {
-            **headline,
-            "per_class": {row["class"]: {k: v for k, v in row.items() if k != "class"} for row in rows},
-        }
-        for split, (_, _, headline, rows) in results.items()
-    }
-    write_json("results/evaluate/metrics.json", metrics)
+    write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})
 
     idx, logits, _, per_class = results["test"]
     paths = [data.rows[i]["relpath"] for i in idx]

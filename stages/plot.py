@@ -3,18 +3,16 @@ wrong test photos."""
 
 from pathlib import Path
 
-import numpy as np
-
 from flowerpipe.atomic import atomic_path
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
-from flowerpipe.metrics import confusion_matrix
 from flowerpipe.plots import (
     confusion_figure,
     curves_figure,
     mistakes_figure,
     most_confident_mistakes,
+    prediction_confusion,
     read_history,
     read_predictions,
 )
@@ -23,15 +21,12 @@ from flowerpipe.plots import (
 def main() -> None:
     cfg = load_config()
     classes, rows = read_predictions("results/evaluate/predictions.csv")
-    actual, predicted = (
-        np.array([classes.index(r[k]) for r in rows], dtype=np.int64) for k in ("actual", "predicted")
-    )
     data = load_prepared("data/prepared")
     index = {r["relpath"]: i for i, r in enumerate(data.rows)}
     wrong = most_confident_mistakes(rows)
     figures = {
         "curves.png": curves_figure(read_history("results/train/plots/metrics")),
-        "confusion.png": confusion_figure(confusion_matrix(actual, predicted, len(classes)), classes),
+        "confusion.png": confusion_figure(prediction_confusion(rows, classes), classes),
         "mistakes.png": mistakes_figure([data.images[index[r["path"]]] for r in wrong], wrong),
     }
     for name, figure in figures.items():

@@ -60,7 +60,10 @@ def test_headline_scores_by_hand() -> None:
 
 
 def test_per_class_scores_by_hand() -> None:
-    _, per_class = classification_metrics(LOGITS, Y_TRUE, CLASSES)
+    headline, per_class = classification_metrics(LOGITS, Y_TRUE, CLASSES)
+    assert headline["per_class"] == {
+        r["class"]: {k: v for k, v in r.items() if k != "class"} for r in per_class
+    }
     assert [r["class"] for r in per_class] == CLASSES
     expected = {
         "a": (1 / 2, 1 / 2, 1 / 2, 2),

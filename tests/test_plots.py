@@ -14,6 +14,7 @@ from flowerpipe.plots import (
     curves_figure,
     mistakes_figure,
     most_confident_mistakes,
+    prediction_confusion,
     read_history,
     read_predictions,
 )
@@ -41,6 +42,8 @@ def test_mistakes_are_the_wrong_predictions_most_confident_first(tmp_path: Path)
     write_predictions(tmp_path / "predictions.csv")
     classes, rows = read_predictions(tmp_path / "predictions.csv")
     assert classes == CLASSES
+    # actual daisy: daisy, roses; roses: roses; tulips: daisy, roses
+    np.testing.assert_array_equal(prediction_confusion(rows, classes), [[1, 1, 0], [0, 1, 0], [1, 1, 0]])
     wrong = most_confident_mistakes(rows)
     assert [r["path"] for r in wrong] == ["p4.jpg", "p1.jpg", "p3.jpg"]
     assert [r["path"] for r in most_confident_mistakes(rows, count=1)] == ["p4.jpg"]
