@@ -19,6 +19,7 @@ HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+QUANTIZATIONS = ("int8",)
 
 
 def _default_augment() -> list[dict[str, dict[str, Any]]]:
@@ -155,12 +156,20 @@ class ExportConfig:
     rtol: float = 1e-3
     atol: float = 1e-5
     min_top1_agreement: float = 1.0
+    quantize: list[str] = field(default_factory=lambda: ["int8"])
+    max_accuracy_drop: float = 1.0
+    calibration_images: int = 256
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "export.opset", "must be >= 17")
         _check(self.rtol >= 0, "export.rtol", "must be >= 0")
         _check(self.atol >= 0, "export.atol", "must be >= 0")
         _check(0 <= self.min_top1_agreement <= 1, "export.min_top1_agreement", "must be in [0, 1]")
+        for kind in self.quantize:
+            _check(kind in QUANTIZATIONS, "export.quantize", f"{kind!r} is not one of {list(QUANTIZATIONS)}")
+        _check(len(set(self.quantize)) == len(self.quantize), "export.quantize", "lists a kind twice")
+        _check(self.max_accuracy_drop >= 0, "export.max_accuracy_drop", "must be >= 0 (percentage points)")
+        _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")
 
 
 @dataclass(frozen=True)

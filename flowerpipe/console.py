@@ -28,11 +28,13 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     return tqdm(items, desc=desc, total=total, unit=unit, disable=None, leave=False, dynamic_ncols=True)
 
 
-def run_main(main: Callable[[], object]) -> None:
-    """Run a command's main(); a FlowerpipeError exits 1 with one `error:` line and no traceback."""
+def run_main(main: Callable[[], int | None]) -> None:
+    """Run a command's main() and exit with the status it returns (None: 0); a FlowerpipeError
+    exits 1 with one `error:` line and no traceback."""
     setup_logging()
     try:
-        main()
+        status = main()
     except FlowerpipeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         sys.exit(1)
+    sys.exit(status or 0)

@@ -27,7 +27,6 @@ from .console import log, progress
 from .errors import DataError
 from .split import assign_splits, split_counts
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 ORIENTATION_TAG = 0x0112
 MANIFEST_FIELDS = ("relpath", "label", "split", "sha256", "width", "height")
 
@@ -79,7 +78,7 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
                     relpath = (here / name).as_posix()
                     if is_hidden(name):
                         skipped.append(Skipped(relpath, "hidden"))
-                    elif Path(name).suffix.lower() not in IMAGE_SUFFIXES:
+                    elif Path(name).suffix.lower() not in preprocess.IMAGE_SUFFIXES:
                         skipped.append(Skipped(relpath, "not an image file name"))
                     else:
                         files.append((relpath, entry.name))

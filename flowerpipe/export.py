@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -22,22 +23,27 @@ OUTPUT_NAME = "logits"
 
 
 def onnx_metadata(
-    classes: list[str], arch: str, image_size: int, resize_size: int, revision: str | None = None
+    classes: list[str],
+    arch: str,
+    image_size: int,
+    resize_size: int,
+    provenance: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings)."""
-    meta = {
+    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
+    `provenance` (where the model came from: commit, experiment, weights hash)."""
+    return {
         "classes": json.dumps(classes),
         "arch": arch,
         "image_size": str(image_size),
         "resize_size": str(resize_size),
+        "interpolation": "bilinear",
         "mean": json.dumps(list(MEAN)),
         "std": json.dumps(list(STD)),
+        "layout": "NCHW float32 RGB",
         "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
         "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
+        **(provenance or {}),
     }
-    if revision:
-        meta["revision"] = revision
-    return meta
 
 
 def export_onnx(
@@ -81,9 +87,11 @@ def check_parity(
     min_top1_agreement: float,
     batch_size: int = 32,
     seed: int = 0,
+    shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares) and on
-    random batches of 1 and 7; raises ParityError when outside the tolerances."""
+    random batches of 1 and 7; raises ParityError, naming the file `shown_as` (default
+    `onnx_path`), when outside the tolerances."""
     model = model.eval().cpu()
     sess = session(onnx_path)
     rng = np.random.default_rng(seed)
@@ -116,7 +124,7 @@ def check_parity(
     }
     if not within or result["top1_agreement"] < min_top1_agreement:
         raise ParityError(
-            f"{onnx_path}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
+            f"{shown_as or onnx_path}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
             f"max rel diff {max_rel:.3g} (allowed rtol {rtol:g}, atol {atol:g}), "
             f"top-1 agreement {result['top1_agreement']:.2%} (need {min_top1_agreement:.0%})"
         )

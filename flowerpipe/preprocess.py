@@ -8,11 +8,13 @@ the centre `image_size` crop of that square (ImageNet's resize-256/crop-224 when
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
@@ -53,10 +55,12 @@ def center_crop(images: np.ndarray, size: int) -> np.ndarray:
     return images[..., top : top + size, left : left + size, :]
 
 
-def to_model_input(images: np.ndarray) -> np.ndarray:
+def to_model_input(
+    images: np.ndarray, mean: Sequence[float] = MEAN, std: Sequence[float] = STD
+) -> np.ndarray:
     """uint8 NHWC -> normalised float32 NCHW, as the model and the ONNX file expect."""
     x = images.astype(np.float32) / 255.0
-    x = (x - np.asarray(MEAN, np.float32)) / np.asarray(STD, np.float32)
+    x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 

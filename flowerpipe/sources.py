@@ -91,7 +91,7 @@ def download(url: str, raw_dir: Path, sha256: str | None, retries: int = 3) -> P
             part.unlink()
             raise
     os.replace(part, dest)
-    write_json(record, {"url": url, "sha256": file_sha256(dest)})
+    write_json(record, {"url": url, "sha256": file_digest(dest)})
     return dest
 
 
@@ -131,8 +131,9 @@ def _is_offline(reason: object) -> bool:
     return any(s in text for s in ("name or service", "resolution", "nodename", "refused", "unreachable"))
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """The hex digest of a file's bytes (md5 is what DVC records for an output)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as f:
         while chunk := f.read(CHUNK):
             digest.update(chunk)
@@ -140,7 +141,7 @@ def file_sha256(path: Path) -> str:
 
 
 def verify_sha256(path: Path, expected: str) -> None:
-    actual = file_sha256(path)
+    actual = file_digest(path)
     if actual != expected.lower():
         raise DataError(f"{path}: sha256 is {actual}, but data.sha256 expects {expected}")
 

@@ -1,5 +1,6 @@
-"""export: write models/model.onnx and verify it against PyTorch on the validation images."""
+"""export: write models/model.onnx, verify it against PyTorch, and time it against PyTorch."""
 
+import os
 import subprocess
 
 from flowerpipe.atomic import atomic_path, write_json
@@ -7,33 +8,49 @@ from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
 from flowerpipe.export import check_parity, export_onnx, onnx_metadata
+from flowerpipe.latency import measure_latency
 from flowerpipe.models import load_trained
+from flowerpipe.preprocess import center_crop
+from flowerpipe.sources import file_digest
+
+MODEL = "models/model.onnx"
+WEIGHTS = "models/best.pt"
 
 
-def git_revision() -> str | None:
-    done = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
-    return done.stdout.strip() or None
+def provenance() -> dict[str, str]:
+    """The git commit, the DVC experiment (under `dvc exp run`) and the md5 DVC records for the weights."""
+    found = {"weights_md5": file_digest(WEIGHTS, "md5")}
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
+    if commit.stdout.strip():
+        found["git_commit"] = commit.stdout.strip()
+    for key, env in (("dvc_experiment", "DVC_EXP_NAME"), ("dvc_baseline", "DVC_EXP_BASELINE_REV")):
+        if os.environ.get(env):
+            found[key] = os.environ[env]
+    return found
 
 
 def main() -> None:
     cfg = load_config()
-    model, meta = load_trained("models/best.pt")
+    model, meta = load_trained(WEIGHTS)
     data = load_prepared("data/prepared")
+    val = data.images[data.indices("val")]
     metadata = onnx_metadata(
-        meta["classes"], meta["arch"], meta["image_size"], meta["resize_size"], git_revision()
+        meta["classes"], meta["arch"], meta["image_size"], meta["resize_size"], provenance()
     )
-    with atomic_path("models/model.onnx") as tmp:
+    with atomic_path(MODEL) as tmp:
         export_onnx(model, tmp, meta["image_size"], metadata, cfg.export.opset)
         parity = check_parity(
             model,
             tmp,
-            data.images[data.indices("val")],
+            val,
             meta["image_size"],
             cfg.export.rtol,
             cfg.export.atol,
             cfg.export.min_top1_agreement,
+            shown_as=MODEL,
         )
-    write_json("results/export/metrics.json", {"parity": parity})
+        latency = measure_latency(model, {"fp32": tmp}, center_crop(val[:32], meta["image_size"]))
+    write_json("results/export/metrics.json", {"parity": parity, "latency": latency})
 
 
 if __name__ == "__main__":

@@ -76,3 +76,51 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+IMAGE_SIZE, RESIZE = 32, 40  # the small model's input, and the square it is cropped from
+
+
+def noisy_squares(count: int, seed: int = 0) -> np.ndarray:
+    """uint8 NHWC RESIZE squares as in the prepared cache: smooth gradients plus noise."""
+    rng = np.random.default_rng(seed)
+    ramp = np.linspace(0, 255, RESIZE)[None, :, None]
+    base = (ramp * rng.uniform(0.2, 1.0, (count, 1, 1, 3))).astype(np.int64)
+    noise = rng.integers(-30, 30, (count, RESIZE, RESIZE, 3))
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="session")
+def classifier() -> torch.nn.Module:
+    """An untrained resnet18 for IMAGE_SIZE inputs that behaves like a trained one: BatchNorm has
+    running statistics, and the head spreads `noisy_squares` over all the classes."""
+    from flowerpipe.models import build_model
+    from flowerpipe.preprocess import center_crop, to_model_input
+
+    torch.manual_seed(0)
+    net = build_model("resnet18", None, len(CLASSES))
+    net.train()
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(8, 3, IMAGE_SIZE, IMAGE_SIZE) * 4 - 2)
+        net.eval()
+        head, net.fc = net.fc, torch.nn.Identity()
+        features = net(torch.from_numpy(to_model_input(center_crop(noisy_squares(256, seed=1), IMAGE_SIZE))))
+        net.fc = head
+        centred = features - features.mean(0)
+        directions = torch.linalg.svd(centred, full_matrices=False).Vh[: len(CLASSES)]
+        weight = 3 * directions / (centred @ directions.T).std(0)[:, None]  # logits of spread ~3
+        head.weight.copy_(weight)
+        head.bias.copy_(-weight @ features.mean(0))
+    return net
+
+
+@pytest.fixture(scope="session")
+def onnx_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`classifier` exported by flowerpipe, with its metadata."""
+    from flowerpipe import export
+
+    path = tmp_path_factory.mktemp("export") / "model.onnx"
+    metadata = export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
+    export.export_onnx(classifier, path, IMAGE_SIZE, metadata)
+    return path

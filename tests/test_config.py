@@ -118,6 +118,11 @@ def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
         ({"plot": {"dpi": 10}}, "plot.dpi"),
         ({"export": {"opset": 11}}, "export.opset"),
         ({"export": {"min_top1_agreement": 1.5}}, "export.min_top1_agreement"),
+        ({"export": {"quantize": "int8"}}, "export.quantize"),
+        ({"export": {"quantize": ["int4"]}}, "export.quantize"),
+        ({"export": {"quantize": ["int8", "int8"]}}, "export.quantize"),
+        ({"export": {"max_accuracy_drop": -1}}, "export.max_accuracy_drop"),
+        ({"export": {"calibration_images": 0}}, "export.calibration_images"),
     ],
 )
 def test_bad_value_names_its_key(raw: dict[str, Any], key: str) -> None:

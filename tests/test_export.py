@@ -11,48 +11,21 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 
 from flowerpipe import export
 from flowerpipe.config import ExportConfig
 from flowerpipe.errors import ParityError
-from flowerpipe.models import build_model
 from flowerpipe.preprocess import MEAN, STD, center_crop, to_model_input
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CLASSES = ["daisy", "dandelion", "roses"]
-IMAGE_SIZE, RESIZE = 32, 40
 TOL = ExportConfig()  # the tolerances params.yaml ships with
 
 
 @pytest.fixture(scope="module")
-def model() -> torch.nn.Module:
-    torch.manual_seed(0)
-    net = build_model("resnet18", None, len(CLASSES))
-    # train-mode passes give BatchNorm non-trivial running statistics, as a trained model has
-    net.train()
-    with torch.no_grad():
-        for _ in range(3):
-            net(torch.rand(8, 3, IMAGE_SIZE, IMAGE_SIZE) * 4 - 2)
-    return net.eval()
-
-
-@pytest.fixture(scope="module")
 def images() -> np.ndarray:
-    """uint8 NHWC squares as in the prepared cache: smooth gradients plus noise."""
-    rng = np.random.default_rng(0)
-    ramp = np.linspace(0, 255, RESIZE)[None, :, None]
-    base = (ramp * rng.uniform(0.2, 1.0, (9, 1, 1, 3))).astype(np.int64)
-    noise = rng.integers(-30, 30, (9, RESIZE, RESIZE, 3))
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module")
-def onnx_path(model: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("export") / "model.onnx"
-    metadata = export.onnx_metadata(CLASSES, "resnet18", IMAGE_SIZE, RESIZE, revision="abc123")
-    export.export_onnx(model, path, IMAGE_SIZE, metadata, opset=TOL.opset)
-    return path
+    return noisy_squares(9)
 
 
 def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
@@ -60,50 +33,50 @@ def run_ort(path: Path, x: np.ndarray) -> np.ndarray:
     return sess.run([export.OUTPUT_NAME], {export.INPUT_NAME: x})[0]
 
 
-def test_file_is_a_valid_single_onnx_model(onnx_path: Path) -> None:
-    onnx.checker.check_model(str(onnx_path), full_check=True)
-    proto = onnx.load(str(onnx_path))
+def test_file_is_a_valid_single_onnx_model(onnx_model: Path) -> None:
+    onnx.checker.check_model(str(onnx_model), full_check=True)
+    proto = onnx.load(str(onnx_model))
     assert [i.name for i in proto.graph.input] == [export.INPUT_NAME]
     assert [o.name for o in proto.graph.output] == [export.OUTPUT_NAME]
     assert any(o.domain in ("", "ai.onnx") and o.version == TOL.opset for o in proto.opset_import)
-    assert not list(onnx_path.parent.glob("*.data"))  # weights inside, no external data file
+    assert not list(onnx_model.parent.glob("*.data"))  # weights inside, no external data file
     batch_dim = proto.graph.input[0].type.tensor_type.shape.dim[0]
     assert batch_dim.dim_param and not batch_dim.HasField("dim_value")
     dims = [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim[1:]]
     assert dims == [3, IMAGE_SIZE, IMAGE_SIZE]
 
 
-def test_metadata_describes_the_preprocessing(onnx_path: Path) -> None:
-    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+def test_metadata_describes_the_preprocessing(onnx_model: Path) -> None:
+    sess = ort.InferenceSession(str(onnx_model), providers=["CPUExecutionProvider"])
     meta = sess.get_modelmeta().custom_metadata_map
-    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["classes"]) == list(CLASSES)
     assert json.loads(meta["mean"]) == pytest.approx(list(MEAN))
     assert json.loads(meta["std"]) == pytest.approx(list(STD))
     assert int(meta["image_size"]) == IMAGE_SIZE
     assert int(meta["resize_size"]) == RESIZE
     assert "centre-crop" in meta["preprocessing"]
     assert meta["arch"] == "resnet18"
-    assert meta["revision"] == "abc123"
+    assert meta["git_commit"] == "abc123"
 
 
 @pytest.mark.parametrize("batch", [1, 5])
 def test_batch_axis_is_dynamic(
-    onnx_path: Path, model: torch.nn.Module, images: np.ndarray, batch: int
+    onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray, batch: int
 ) -> None:
     x = to_model_input(center_crop(images[:batch], IMAGE_SIZE))
     assert x.shape == (batch, 3, IMAGE_SIZE, IMAGE_SIZE)
-    actual = run_ort(onnx_path, x)
+    actual = run_ort(onnx_model, x)
     assert actual.shape == (batch, len(CLASSES))
     with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
+        expected = classifier(torch.from_numpy(x)).numpy()
     np.testing.assert_allclose(actual, expected, rtol=TOL.rtol, atol=TOL.atol)
 
 
 def test_parity_holds_for_the_exported_model(
-    onnx_path: Path, model: torch.nn.Module, images: np.ndarray
+    onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
 ) -> None:
     result = export.check_parity(
-        model, onnx_path, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement, batch_size=4
+        classifier, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement, batch_size=4
     )
     assert result["within_tolerance"] is True
     assert result["top1_agreement"] == 1.0
@@ -112,36 +85,36 @@ def test_parity_holds_for_the_exported_model(
 
 
 def test_parity_fails_when_the_model_changed(
-    onnx_path: Path, model: torch.nn.Module, images: np.ndarray
+    onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
 ) -> None:
-    changed = copy.deepcopy(model)
+    changed = copy.deepcopy(classifier)
     with torch.no_grad():
         changed.fc.bias += 0.1
     with pytest.raises(ParityError, match="differs from PyTorch") as info:
         export.check_parity(
-            changed, onnx_path, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement
+            changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement
         )
-    assert str(onnx_path) in str(info.value)
+    assert str(onnx_model) in str(info.value)
     assert "max abs diff 0.1" in str(info.value)
 
 
 def test_parity_fails_on_top1_disagreement(
-    onnx_path: Path, model: torch.nn.Module, images: np.ndarray
+    onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
 ) -> None:
-    changed = copy.deepcopy(model)
+    changed = copy.deepcopy(classifier)
     with torch.no_grad():
         changed.fc.bias[0] += 1000.0  # PyTorch now always says daisy
-    onnx_top1 = run_ort(onnx_path, to_model_input(center_crop(images, IMAGE_SIZE))).argmax(1)
+    onnx_top1 = run_ort(onnx_model, to_model_input(center_crop(images, IMAGE_SIZE))).argmax(1)
     assert (onnx_top1 != 0).any()  # so top-1 must disagree somewhere
     with pytest.raises(ParityError, match="top-1 agreement"):
         # tolerances so loose that only the agreement check can fail
-        export.check_parity(changed, onnx_path, images, IMAGE_SIZE, 1e9, 1e9, 1.0)
-    result = export.check_parity(changed, onnx_path, images, IMAGE_SIZE, 1e9, 1e9, 0.0)
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, 1e9, 1e9, 1.0)
+    result = export.check_parity(changed, onnx_model, images, IMAGE_SIZE, 1e9, 1e9, 0.0)
     assert result["top1_agreement"] == pytest.approx(float((onnx_top1 == 0).mean()))
 
 
-def test_metadata_without_revision() -> None:
-    meta = export.onnx_metadata(CLASSES, "vgg11", 224, 256)
-    assert "revision" not in meta
+def test_metadata_without_provenance() -> None:
+    meta = export.onnx_metadata(list(CLASSES), "vgg11", 224, 256)
+    assert "git_commit" not in meta
     assert all(isinstance(v, str) for v in meta.values())
-    assert json.loads(meta["classes"]) == CLASSES
+    assert json.loads(meta["classes"]) == list(CLASSES)

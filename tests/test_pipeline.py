@@ -19,8 +19,14 @@ import torch
 import yaml
 from conftest import REPO, make_photos
 
-STAGES = ("prepare", "train", "evaluate", "plot", "export")
-SMALL = {"model": {"weights": None}, "data": {"image_size": 32}, "train": {"epochs": 2, "batch_size": 16}}
+STAGES = ("prepare", "train", "evaluate", "plot", "export", "quantize@int8")
+SMALL = {
+    "model": {"weights": None},
+    "data": {"image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16},
+    # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize tests the gate
+    "export": {"max_accuracy_drop": 100.0, "calibration_images": 16},
+}
 
 
 class DvcRepo:
@@ -105,6 +111,7 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     for out in (
         "models/best.pt",
         "models/model.onnx",
+        "models/model.int8.onnx",
         "results/plots/curves.png",
         "results/plots/confusion.png",
         "results/plots/mistakes.png",
@@ -131,11 +138,35 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert len(rows) == test["images"]
     assert [row["predicted"] for row in rows] == [row["predicted"] for row in confusion]
 
+    latency = repo.json("results/export/metrics.json")["latency"]
+    assert {"pytorch_eager", "onnxruntime_fp32"} <= set(latency)
+    int8 = repo.json("results/export/int8.json")
+    assert set(int8["test_accuracy"]) == {"fp32", "int8"} and int8["calibration_images"] == 16
+    assert int8["test_accuracy"]["fp32"] == pytest.approx(test["accuracy"])  # ONNX Runtime = PyTorch
+    assert {"pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"} <= set(int8["latency"])
+
     session = ort.InferenceSession(str(repo.path / "models/model.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["daisy", "dandelion", "roses"]
+    assert meta["arch"] == "resnet18" and meta["image_size"] == "32"
+    assert meta["git_commit"] == repo.run("git", "rev-parse", "HEAD~1").stdout.strip()  # before "first run"
+    lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
+    trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/best.pt")
+    assert meta["weights_md5"] == trained["md5"]
     logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
     assert logits.shape == (3, 3)
+
+    # the deploy command, without torch, says what evaluate said of each test photo
+    source = Path(yaml.safe_load((repo.path / "params.yaml").read_text())["data"]["source"])
+    done = repo.run(
+        sys.executable,
+        "-m",
+        "flowerpipe.cli",
+        "predict",
+        "models/model.onnx",
+        *(str(source / row["path"]) for row in rows),
+    )
+    assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == [r["predicted"] for r in rows]
 
     again = repo.dvc("repro")
     assert stages_run(again.stdout) == []
@@ -245,6 +276,8 @@ def test_experiment_with_another_arch(repo: DvcRepo) -> None:
     params = [e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"] for e in experiments]
     assert "mobilenet_v3_small" in params
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+    meta = ort.InferenceSession(str(repo.path / "models/model.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["arch"] == "mobilenet_v3_small" and meta["dvc_experiment"] == "mobile"
 
     # the baseline commit and the experiment, side by side in every declared plot
     diff = json.loads(repo.dvc("plots", "diff", "HEAD", "mobile", "--json").stdout)["data"]
@@ -258,6 +291,27 @@ def test_experiment_with_another_arch(repo: DvcRepo) -> None:
         revs = {row["rev"] for row in diff[name][0]["content"]["data"]["values"]}
         assert revs == {"HEAD", "mobile"}, name
     assert {"HEAD", "mobile"} == {image["revisions"][0] for image in diff["results/plots/mistakes.png"]}
+
+
+def test_quantization_can_be_switched_off(repo: DvcRepo) -> None:
+    repo.set_params({"export": {"quantize": []}})
+    assert "quantize" not in repo.dvc("stage", "list").stdout
+    assert stages_run(repo.dvc("repro").stdout) == []  # nothing else depends on it
+    repo.set_params({"export": {"quantize": ["int8"], "calibration_images": 8}})
+    assert stages_run(repo.dvc("repro").stdout) == ["quantize@int8"]
+    assert repo.json("results/export/int8.json")["calibration_images"] == 8
+
+
+def test_parity_failure_stops_export_and_writes_no_model(repo: DvcRepo) -> None:
+    before = (repo.path / "models/model.onnx").read_bytes()
+    repo.set_params({"export": {"rtol": 0.0, "atol": 0.0}})  # no float32 engine pair is bit-identical
+    done = repo.dvc("repro", "export", check=False)
+    assert done.returncode != 0
+    assert "error: models/model.onnx: ONNX Runtime differs from PyTorch: max abs diff" in done.stderr
+    assert not (repo.path / "models/model.onnx").exists()  # DVC removed the old one; none replaced it
+    assert not list((repo.path / "models").glob(".*.tmp"))
+    repo.dvc("checkout", "models/model.onnx")  # the verified model is still in the cache
+    assert (repo.path / "models/model.onnx").read_bytes() == before
 
 
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
@@ -364,3 +418,5 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
     test = repo.json("results/evaluate/metrics.json")["test"]
     assert test["accuracy"] > 0.3  # one epoch from random weights at 64 px; chance is 0.2
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+    int8 = repo.json("results/export/int8.json")  # it passed the default gate, on real test photos
+    assert int8["test_accuracy"]["fp32"] - int8["test_accuracy"]["int8"] <= 0.01

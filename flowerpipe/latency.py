@@ -1,0 +1,70 @@
+"""Inference speed of the trained model as PyTorch eager and as ONNX Runtime files, timed the same
+way in one process on the CPU, so that their ratios mean something."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .predict import Predictor
+from .preprocess import to_model_input
+
+BATCH = 32
+
+
+def _seconds(call: Callable[[], object], warmup: int, runs: int) -> float:
+    """Median wall time of `runs` calls after `warmup` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_latency(
+    model: nn.Module,
+    onnx_models: Mapping[str, str | os.PathLike[str]],
+    crops: np.ndarray,
+    runs: int = 100,
+    batch_runs: int = 10,
+) -> dict[str, Any]:
+    """Batch-1 latency (median ms over `runs`) and batch-32 throughput (images/s from the median of
+    `batch_runs`) of `model` in PyTorch eager fp32 and of each named ONNX file in ONNX Runtime.
+
+    `crops` are uint8 NHWC images of the model's input size; all engines use the same threads."""
+    threads = torch.get_num_threads()
+    batch = np.resize(crops, (BATCH, *crops.shape[1:]))  # repeats the crops if there are fewer
+    model = model.eval().cpu()
+
+    def eager(x: np.ndarray) -> object:
+        with torch.inference_mode():
+            return model(torch.from_numpy(to_model_input(x)))
+
+    engines: dict[str, Callable[[np.ndarray], object]] = {"pytorch_eager": eager}
+    for name, path in onnx_models.items():
+        engines[f"onnxruntime_{name}"] = Predictor(path, threads=threads).logits
+    result: dict[str, Any] = {"threads": threads}
+    for name, run in engines.items():
+        one = _seconds(lambda run=run: run(batch[:1]), warmup=10, runs=runs)
+        many = _seconds(lambda run=run: run(batch), warmup=2, runs=batch_runs)
+        result[name] = {
+            "batch1_ms": round(1000 * one, 3),
+            "batch32_images_per_second": round(BATCH / many, 1),
+        }
+    base = result["pytorch_eager"]
+    for name in engines:
+        result[name]["batch1_speedup"] = round(base["batch1_ms"] / result[name]["batch1_ms"], 2)
+        result[name]["batch32_speedup"] = round(
+            result[name]["batch32_images_per_second"] / base["batch32_images_per_second"], 2
+        )
+    return result

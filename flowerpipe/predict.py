@@ -1,0 +1,127 @@
+"""Classify photos with an exported ONNX model: onnxruntime, numpy and Pillow only, never torch.
+
+Everything the model needs besides its weights (class names, resize and crop sizes, mean and std)
+is read from the file's metadata, so the one `.onnx` file is the whole deployment:
+
+    >>> predictor = Predictor("models/model.onnx")
+    >>> predictor.predict(["rose.jpg"])[0]["label"]
+    'roses'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+
+from .errors import FlowerpipeError
+from .metrics import softmax
+from .preprocess import IMAGE_SUFFIXES, preprocess_file, to_model_input
+
+REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
+
+
+class ModelError(FlowerpipeError):
+    """The file is not an ONNX model that flowerpipe exported."""
+
+
+class Predictor:
+    """An ONNX Runtime session plus the preprocessing its metadata describes."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per physical core
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{model_path}: cannot load as an ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        if missing:
+            raise ModelError(f"{model_path}: metadata lacks {', '.join(missing)}; export it with flowerpipe")
+        self.metadata: dict[str, str] = dict(meta)
+        self.classes: list[str] = json.loads(meta["classes"])
+        self.image_size = int(meta["image_size"])
+        self.resize_size = int(meta["resize_size"])
+        self.mean: list[float] = json.loads(meta["mean"])
+        self.std: list[float] = json.loads(meta["std"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def load(self, source: str | os.PathLike[str] | BinaryIO) -> np.ndarray:
+        """One image file -> the uint8 HWC crop the model sees (the evaluation preprocessing)."""
+        return preprocess_file(source, self.image_size, self.resize_size)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Logits for uint8 NHWC crops of `image_size`."""
+        return self.session.run(None, {self.input_name: to_model_input(crops, self.mean, self.std)})[0]
+
+    def predict(
+        self, sources: Sequence[str | os.PathLike[str] | BinaryIO], top_k: int = 3
+    ) -> list[dict[str, Any]]:
+        """Label, score and the `top_k` classes for each image; an unreadable image raises."""
+        crops = np.stack([self.load(source) for source in sources])
+        return [self._answer(p, top_k) for p in softmax(self.logits(crops))]
+
+    def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:
+        order = np.argsort(-probs, kind="stable")[: max(top_k, 1)]
+        top = [{"label": self.classes[i], "score": round(float(probs[i]), 6)} for i in order]
+        return {"label": top[0]["label"], "score": top[0]["score"], "top_k": top[:top_k]}
+
+    def predict_paths(
+        self, paths: Iterable[str | os.PathLike[str]], top_k: int = 3, batch_size: int = 32
+    ) -> Iterator[dict[str, Any]]:
+        """One answer per image file, in order; folders are searched for images.
+
+        An image that cannot be read gets `{"path", "error"}` instead, and the others go on."""
+        batch: list[tuple[str, np.ndarray | str]] = []
+        for path in image_files(paths):
+            try:
+                batch.append((path, self.load(path)))
+            except FileNotFoundError:
+                batch.append((path, "no such file"))
+            except IsADirectoryError:
+                batch.append((path, "a folder with no images"))
+            except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
+                batch.append((path, f"cannot read as an image: {type(exc).__name__}: {exc}"))
+            if len(batch) == batch_size:
+                yield from self._answer_batch(batch, top_k)
+                batch = []
+        yield from self._answer_batch(batch, top_k)
+
+    def _answer_batch(
+        self, batch: list[tuple[str, np.ndarray | str]], top_k: int
+    ) -> Iterator[dict[str, Any]]:
+        good = [crop for _, crop in batch if isinstance(crop, np.ndarray)]
+        probs = iter(softmax(self.logits(np.stack(good)))) if good else iter(())
+        for path, crop in batch:
+            if isinstance(crop, str):
+                yield {"path": path, "error": crop}
+            else:
+                yield {"path": path, **self._answer(next(probs), top_k)}
+
+
+def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
+    """The paths as given; a folder becomes its image files (by suffix, sorted, hidden ones left out),
+    or itself when it holds none, so that it is answered with an error."""
+    for path in map(Path, paths):
+        if not path.is_dir():
+            yield str(path)
+            continue
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
+        yield from (map(str, found) if found else [str(path)])

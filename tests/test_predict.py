@@ -1,0 +1,128 @@
+"""`flowerpipe predict` and its Python API: the ONNX file alone, no torch, the evaluation preprocessing."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import CLASSES, IMAGE_SIZE, REPO, RESIZE, make_photos
+
+from flowerpipe import dataset
+from flowerpipe.predict import ModelError, Predictor
+from flowerpipe.preprocess import center_crop, to_model_input
+
+
+def predict_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flowerpipe.cli", "predict", *map(str, args)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photos(tmp_path_factory.mktemp("photos"), per_class=10)
+
+
+def test_importing_predict_does_not_import_torch() -> None:
+    code = "import sys, flowerpipe.predict, flowerpipe.cli; print([m for m in sys.modules if 'torch' in m])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_preprocessing_equals_the_prepared_cache(photos: Path, tmp_path: Path) -> None:
+    """predict reads a photo exactly as evaluate sees it: the centre crop of the prepared square."""
+    dataset.prepare(photos, tmp_path / "prepared", resize=RESIZE, val=0.3, test=0.3, seed=42, workers=1)
+    prepared = dataset.load_prepared(tmp_path / "prepared")
+    crops = center_crop(np.asarray(prepared.images), IMAGE_SIZE)
+    predictor = Predictor.__new__(Predictor)  # only the preprocessing, no model needed
+    predictor.image_size, predictor.resize_size = IMAGE_SIZE, RESIZE
+    for row, crop in zip(prepared.rows, crops, strict=True):
+        assert np.array_equal(predictor.load(photos / row["relpath"]), crop), row["relpath"]
+
+
+def test_api_answers_as_pytorch_does(onnx_model: Path, classifier: torch.nn.Module, photos: Path) -> None:
+    files = sorted(photos.rglob("*.jpg"))
+    predictor = Predictor(onnx_model)
+    answers = predictor.predict(files, top_k=2)
+    crops = np.stack([predictor.load(f) for f in files])
+    with torch.inference_mode():
+        probs = torch.softmax(classifier(torch.from_numpy(to_model_input(crops))), 1).numpy()
+    assert [a["label"] for a in answers] == [CLASSES[i] for i in probs.argmax(1)]
+    for answer, p in zip(answers, probs, strict=True):
+        assert answer["score"] == pytest.approx(p.max(), abs=1e-5)
+        assert [t["label"] for t in answer["top_k"]] == [CLASSES[i] for i in np.argsort(-p)[:2]]
+
+
+def test_cli_answers_good_images_and_reports_bad_ones(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not a jpeg")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (photos / ".hidden.jpg").write_bytes(b"left out")
+    good = sorted(photos.rglob("[!.]*.jpg"))
+    done = predict_cli(onnx_model, good[0], broken, tmp_path / "missing.png", photos, empty, "--top-k", "3")
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "error: 3 image(s) could not be read"
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    paths = [line["path"] for line in lines]
+    assert paths == [str(good[0]), str(broken), str(tmp_path / "missing.png"), *map(str, good), str(empty)]
+    errors = {line["path"]: line["error"] for line in lines if "error" in line}
+    assert errors[str(broken)].startswith("cannot read as an image")
+    assert errors[str(tmp_path / "missing.png")] == "no such file"
+    assert errors[str(empty)] == "a folder with no images"
+    answers = [line for line in lines if "error" not in line]
+    assert len(answers) == 1 + len(good)
+    expected = Predictor(onnx_model).predict(good, top_k=3)
+    assert [a["label"] for a in answers[1:]] == [e["label"] for e in expected]
+    for answer in answers:
+        assert answer["label"] in CLASSES and answer["top_k"][0]["label"] == answer["label"]
+        scores = [t["score"] for t in answer["top_k"]]
+        assert len(scores) == 3 and scores == sorted(scores, reverse=True) and sum(scores) <= 1 + 1e-5
+
+
+def test_cli_all_good_exits_zero(onnx_model: Path, photos: Path) -> None:
+    done = predict_cli(onnx_model, photos / "roses", "--top-k", "1", "--batch-size", "3")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert len(lines) == 10 and all(len(line["top_k"]) == 1 for line in lines)
+
+
+def test_a_model_without_flowerpipe_metadata_is_refused(onnx_model: Path, tmp_path: Path) -> None:
+    import onnx
+
+    bare = onnx.load(str(onnx_model))
+    del bare.metadata_props[:]
+    path = tmp_path / "bare.onnx"
+    onnx.save(bare, str(path))
+    with pytest.raises(ModelError, match="metadata lacks classes, image_size"):
+        Predictor(path)
+    done = predict_cli(path, tmp_path)
+    assert done.returncode == 1 and done.stdout == ""
+    lacks = "metadata lacks classes, image_size, resize_size, mean, std; export it with flowerpipe"
+    assert done.stderr.strip() == f"error: {path}: {lacks}"
+
+
+def test_readme_snippet_answers_as_predict_does(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
+    """The README's ten lines of plain onnxruntime, run as written on a copy of the model and a photo."""
+    readme = (REPO / "README.md").read_text()
+    deploy = readme[readme.index("## Deploy") :]
+    snippet = deploy[deploy.index("```python\n") + len("```python\n") :]
+    snippet = snippet[: snippet.index("```")]
+    assert len(snippet.strip().splitlines()) <= 12
+    shutil.copy(onnx_model, tmp_path / "model.onnx")
+    answers = []
+    for photo in sorted(photos.rglob("*.jpg"))[::5]:
+        shutil.copy(photo, tmp_path / "rose.jpg")
+        done = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        answers.append((done.stdout.strip(), Predictor(onnx_model).predict([photo])[0]["label"]))
+    assert all(printed == label for printed, label in answers)

@@ -1,0 +1,112 @@
+"""int8 static quantization: QDQ with per-channel weights, calibrated, and refused when it costs accuracy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import IMAGE_SIZE, noisy_squares
+from onnx import numpy_helper
+
+from flowerpipe.predict import Predictor
+from flowerpipe.preprocess import center_crop
+from flowerpipe.quantize import (
+    QuantizationError,
+    accuracy,
+    calibration_indices,
+    check_accuracy_drop,
+    quantize_int8,
+)
+
+
+@pytest.fixture(scope="module")
+def test_set(onnx_model: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Crops the calibration never saw, labelled with the fp32 model's answers (its accuracy: 100 %)."""
+    crops = center_crop(noisy_squares(300, seed=2), IMAGE_SIZE)
+    return crops, Predictor(onnx_model).logits(crops).argmax(1)
+
+
+def quantized(onnx_model: Path, folder: Path, calibration: np.ndarray) -> Path:
+    path = folder / "model.int8.onnx"
+    quantize_int8(onnx_model, path, calibration)
+    return path
+
+
+@pytest.fixture(scope="module")
+def int8_model(onnx_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    calibration = center_crop(noisy_squares(64, seed=3), IMAGE_SIZE)
+    return quantized(onnx_model, tmp_path_factory.mktemp("int8"), calibration)
+
+
+def test_int8_model_is_static_qdq_with_per_channel_weights(onnx_model: Path, int8_model: Path) -> None:
+    model = onnx.load(str(int8_model))
+    onnx.checker.check_model(model, full_check=True)
+    ops = {node.op_type for node in model.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    assert not ops & {"DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}  # never dynamic
+    inits = {t.name: t for t in model.graph.initializer}
+    conv_weights = [n.input[1] for n in model.graph.node if n.op_type == "Conv"]
+    producers = {n.output[0]: n for n in model.graph.node}
+    for name in conv_weights:
+        dq = producers[name]
+        assert dq.op_type == "DequantizeLinear"
+        weight, scale = inits[dq.input[0]], numpy_helper.to_array(inits[dq.input[1]])
+        assert weight.data_type == onnx.TensorProto.INT8
+        assert scale.shape == (weight.dims[0],)  # one scale per output channel
+    assert int8_model.stat().st_size < 0.35 * onnx_model.stat().st_size
+
+
+def test_int8_model_keeps_the_metadata(onnx_model: Path, int8_model: Path) -> None:
+    fp32, int8 = Predictor(onnx_model), Predictor(int8_model)
+    assert int8.classes == fp32.classes and int8.image_size == fp32.image_size
+    assert {k: v for k, v in int8.metadata.items() if k != "quantization"} == fp32.metadata
+    assert "calibrated on 64 images" in int8.metadata["quantization"]
+
+
+def test_calibrated_int8_keeps_the_accuracy(
+    int8_model: Path, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    crops, labels = test_set
+    assert len(set(labels.tolist())) == 3  # the fp32 answers are not one class
+    int8 = accuracy(int8_model, crops, labels)
+    assert int8 >= 0.97
+    check_accuracy_drop(1.0, int8, 3.0, int8_model)  # passes: no error
+
+
+def test_miscalibrated_int8_is_refused(
+    onnx_model: Path, tmp_path: Path, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Calibrated on flat grey images, the activation ranges are far too narrow for real ones."""
+    grey = np.full((16, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
+    path = quantized(onnx_model, tmp_path, grey)
+    crops, labels = test_set
+    int8 = accuracy(path, crops, labels)
+    assert int8 < 0.9
+    with pytest.raises(QuantizationError) as info:
+        check_accuracy_drop(1.0, int8, 1.0, "models/model.int8.onnx")
+    message = str(info.value)
+    assert message.startswith("models/model.int8.onnx: int8 test accuracy")
+    assert f"{int8:.2%}" in message and "fp32 100.00%" in message and "max_accuracy_drop" in message
+
+
+@pytest.mark.parametrize(
+    ("fp32", "int8", "allowed", "refused"),
+    [(0.90, 0.89, 1.0, False), (0.90, 0.8899, 1.0, True), (0.5, 0.6, 0.0, False), (0.8, 0.8, 0.0, False)],
+)
+def test_accuracy_drop_gate_at_its_edge(fp32: float, int8: float, allowed: float, refused: bool) -> None:
+    if refused:
+        with pytest.raises(QuantizationError, match="points below fp32"):
+            check_accuracy_drop(fp32, int8, allowed, "m.onnx")
+    else:
+        check_accuracy_drop(fp32, int8, allowed, "m.onnx")
+
+
+def test_calibration_sample_is_seeded_and_from_the_given_indices() -> None:
+    train = np.arange(0, 1000, 3)
+    sample = calibration_indices(train, 50)
+    assert len(sample) == 50 and set(sample) <= set(train)
+    assert np.all(np.diff(sample) > 0)  # in order, no repeats
+    assert np.array_equal(sample, calibration_indices(train, 50))
+    assert np.array_equal(calibration_indices(train, 10_000), train)  # fewer photos than asked: all
