@@ -38,13 +38,12 @@ def test_importing_predict_does_not_import_torch() -> None:
     assert done.stdout.strip() == "[]"
 
 
-def test_preprocessing_equals_the_prepared_cache(photos: Path, tmp_path: Path) -> None:
+def test_preprocessing_equals_the_prepared_cache(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
     """predict reads a photo exactly as evaluate sees it: the centre crop of the prepared square."""
     dataset.prepare(photos, tmp_path / "prepared", resize=RESIZE, val=0.3, test=0.3, seed=42, workers=1)
     prepared = dataset.load_prepared(tmp_path / "prepared")
     crops = center_crop(np.asarray(prepared.images), IMAGE_SIZE)
-    predictor = Predictor.__new__(Predictor)  # only the preprocessing, no model needed
-    predictor.image_size, predictor.resize_size = IMAGE_SIZE, RESIZE
+    predictor = Predictor(onnx_model)  # its metadata says IMAGE_SIZE from RESIZE
     for row, crop in zip(prepared.rows, crops, strict=True):
         assert np.array_equal(predictor.load(photos / row["relpath"]), crop), row["relpath"]
 
