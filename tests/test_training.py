@@ -17,7 +17,7 @@ from flowerpipe.dataset import Prepared
 from flowerpipe.errors import ConfigError
 from flowerpipe.evaluation import predict_logits
 from flowerpipe.models import build_model
-from flowerpipe.transforms import augment_batch, build_augment, center_crop_batch, normalize
+from flowerpipe.transforms import CropFlip, augment_batch, build_augment, center_crop_batch, normalize
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -181,3 +181,38 @@ def test_normalize_uses_imagenet_statistics() -> None:
     torch.testing.assert_close(
         x[0, :, 0, 1], torch.tensor([0.515, 0.544, 0.594]) / torch.tensor([0.229, 0.224, 0.225])
     )
+
+
+def test_default_augmentation_is_batched_and_others_are_not() -> None:
+    assert isinstance(build_augment(TrainConfig().augment, IMAGE_SIZE), CropFlip)
+    assert isinstance(build_augment([{"RandomResizedCrop": {"scale": [0.5, 1]}}], IMAGE_SIZE), CropFlip)
+    for spec in (
+        [{"RandomResizedCrop": {"antialias": False}}],
+        [{"RandomResizedCrop": {}}, {"ColorJitter": {"brightness": 0.3}}],
+        [{"RandomHorizontalFlip": {}}, {"RandomResizedCrop": {}}],
+    ):
+        assert not isinstance(build_augment(spec, IMAGE_SIZE), CropFlip), spec
+
+
+def test_crop_flip_of_the_whole_image_is_the_image_or_its_mirror() -> None:
+    images = torch.randint(0, 256, (6, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    assert torch.equal(CropFlip(IMAGE_SIZE, (1.0, 1.0), (1.0, 1.0))(images), images)
+    assert torch.equal(CropFlip(IMAGE_SIZE, (1.0, 1.0), (1.0, 1.0), flip=1.0)(images), images.flip(-1))
+    assert torch.equal(CropFlip(IMAGE_SIZE, (1.0, 1.0), (1.0, 1.0))(images[0]), images[0])  # one CHW image
+
+
+def test_crop_flip_draws_per_image_within_scale_and_ratio() -> None:
+    torch.manual_seed(0)
+    crop = CropFlip(IMAGE_SIZE, (0.3, 0.8), (0.75, 1.333), flip=0.5)
+    boxes = crop.boxes(2000, RESIZE, RESIZE + 10)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    area = w * h / (RESIZE * (RESIZE + 10))
+    assert area.min() >= 0.28 and area.max() <= 0.82  # rounding to whole pixels
+    assert (w / h).min() >= 0.7 and (w / h).max() <= 1.4
+    assert boxes[:, :2].min() >= 0 and (boxes[:, 2] <= RESIZE + 10).all() and (boxes[:, 3] <= RESIZE).all()
+    assert len(set(boxes[:, 0].tolist())) > 5 and len(set(boxes[:, 1].tolist())) > 5  # not one box for all
+    ramp = torch.arange(RESIZE + 10, dtype=torch.uint8).repeat(3, RESIZE, 1)  # brighter to the right
+    out = crop(ramp.repeat(400, 1, 1, 1))
+    assert out.shape == (400, 3, IMAGE_SIZE, IMAGE_SIZE) and out.dtype == torch.uint8
+    flipped = (out[:, 0, 0, 0] > out[:, 0, 0, -1]).float().mean()
+    assert 0.4 < flipped < 0.6

@@ -1,0 +1,85 @@
+"""What the benchmarks share: their arguments, the real photos prepared once, the table and JSON
+they write. Run a benchmark from the repository root: `uv run python benchmarks/train.py`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
+
+from flowerpipe.dataset import Prepared, load_prepared, prepare  # noqa: E402
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument(
+        "--photos",
+        type=Path,
+        default=Path(os.environ.get("FLOWERPIPE_REAL_DATA", ROOT.parent / "shared/data/flower_photos")),
+        help="the flower_photos folder (default: $FLOWERPIPE_REAL_DATA or ../shared/data/flower_photos)",
+    )
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / ".bench", help="where prepared caches and scratch files go"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=ROOT / "benchmarks" / "results", help="where NAME.json is written"
+    )
+    return parser
+
+
+def prepared(photos: Path, work: Path, resize: int) -> Prepared:
+    """The photos decoded into flowerpipe's cache at `resize`, made once per work folder."""
+    folder = work / f"prepared-{resize}"
+    if not (folder / "manifest.csv").exists():
+        prepare(photos, folder, resize=resize, val=0.15, test=0.15, seed=42, workers=os.cpu_count() or 1)
+    return load_prepared(folder)
+
+
+def machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        "torch": torch.__version__,
+    }
+
+
+def report(
+    results: Path, name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
+) -> None:
+    """Print `rows` as a table and write them, with the machine, to `results`/NAME.json."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    out = results / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"machine": machine(), "rows": list(rows), **(extra or {})}, indent=2) + "\n")
+    print(f"written: {out}")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 10 else f"{value:.1f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)

@@ -1,0 +1,74 @@
+"""Data path: prepare's decode rate over all the photos, and training augmentation from
+flowerpipe's decoded uint8 cache against decoding the JPEGs with PIL transforms every time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+
+import numpy as np
+import torch
+from common import arguments, prepared, report
+from PIL import Image
+from torchvision import transforms as T
+
+from flowerpipe.dataset import prepare
+from flowerpipe.preprocess import MEAN, STD, resize_size
+from flowerpipe.transforms import augment_batch, build_augment, normalize, to_nchw
+
+AUGMENT = [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}]
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=512, help="photos augmented per way (default 512)")
+    args = parser.parse_args()
+    size, workers = 224, os.cpu_count() or 1
+    scratch = args.work / "decode-run"
+    shutil.rmtree(scratch, ignore_errors=True)
+    start = time.perf_counter()
+    metrics = prepare(args.photos, scratch, resize_size(size, 0.875), 0.15, 0.15, 42, workers=workers)
+    decode = metrics["images"] / (time.perf_counter() - start)
+    shutil.rmtree(scratch)
+
+    data = prepared(args.photos, args.work, resize_size(size, 0.875))
+    idx = np.random.default_rng(0).permutation(len(data.rows))[: args.images]
+    augment = build_augment(AUGMENT, size)
+    pixels = to_nchw(data.images[np.sort(idx)])  # the cache, read once (as training does)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # per core, as PIL below
+    start = time.perf_counter()
+    for i in range(0, len(pixels), 32):
+        normalize(augment_batch(pixels[i : i + 32], augment))
+    from_cache = len(pixels) / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+
+    pil = T.Compose([T.RandomResizedCrop(size, scale=(0.5, 1.0)), T.RandomHorizontalFlip(), T.ToTensor()])
+    pil_normalize = T.Normalize(MEAN, STD)
+    start = time.perf_counter()
+    for i in idx:
+        with Image.open(args.photos / data.rows[i]["relpath"]) as img:
+            pil_normalize(pil(img.convert("RGB")))
+    from_jpeg = len(idx) / (time.perf_counter() - start)
+    report(
+        args.results,
+        "data",
+        [
+            {"step": f"prepare: decode, orient, resize ({workers} processes)", "img/s": decode, "ratio": ""},
+            {
+                "step": f"augment {size} px from the uint8 cache (1 thread)",
+                "img/s": from_cache,
+                "ratio": from_cache / from_jpeg,
+            },
+            {
+                "step": f"augment {size} px decoding JPEGs with PIL (1 process)",
+                "img/s": from_jpeg,
+                "ratio": 1.0,
+            },
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Inference: PyTorch eager against ONNX Runtime fp32 and int8 at batch 1 and 32, measured by the
+export stage's own code (`flowerpipe.latency`), on real photos."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from common import arguments, prepared, report
+
+from flowerpipe.export import export_onnx, onnx_metadata
+from flowerpipe.latency import measure_latency
+from flowerpipe.models import build_model, load_trained
+from flowerpipe.preprocess import center_crop, resize_size
+from flowerpipe.quantize import calibration_indices, quantize_int8
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights", type=Path, help="a models/best.pt to time (default: resnet18, random weights)"
+    )
+    parser.add_argument("--size", type=int, default=224)
+    args = parser.parse_args()
+    if args.weights:
+        model, meta = load_trained(args.weights)
+        size = meta["image_size"]
+    else:
+        model, size = build_model("resnet18", None, 5, seed=0).eval(), args.size
+    data = prepared(args.photos, args.work, resize_size(size, 0.875))
+    calibration = center_crop(np.asarray(data.images[calibration_indices(data.indices("train"), 256)]), size)
+    crops = center_crop(np.asarray(data.images[data.indices("test")[:32]]), size)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
+        export_onnx(
+            model, fp32, size, onnx_metadata(data.classes, "resnet18", size, resize_size(size, 0.875))
+        )
+        quantize_int8(fp32, int8, calibration)
+        latency = measure_latency(model, {"fp32": fp32, "int8": int8}, crops)
+    eager = latency["pytorch_eager"]
+    rows = []
+    for engine in ("pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"):
+        stats = latency[engine]
+        rows.append(
+            {
+                "engine": engine,
+                "batch-1 ms": stats["batch1_ms"],
+                "vs eager": stats["batch1_ms"] / eager["batch1_ms"],
+                "vs ORT fp32": stats["batch1_ms"] / latency["onnxruntime_fp32"]["batch1_ms"],
+                "batch-32 img/s": stats["batch32_images_per_second"],
+            }
+        )
+    report(args.results, "inference", rows, {"size": size, "threads": latency["threads"]})
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""The benchmark scripts run end to end (on a few synthetic photos) and write their tables.
+
+Their numbers mean nothing here: this only keeps the scripts working; nothing is timed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO, make_photos
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.mark.parametrize(
+    ("script", "options", "tables"),
+    [
+        (
+            "train.py",
+            ["--images", "40", "--rounds", "1", "--sizes", "32", "--batch-size", "8"],
+            ["train", "train_frozen"],
+        ),
+        ("data.py", ["--images", "16"], ["data"]),
+        ("inference.py", ["--size", "32"], ["inference"]),
+    ],
+)
+def test_benchmark_writes_its_table(
+    script: str, options: list[str], tables: list[str], photos: Path, tmp_path: Path
+) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            f"benchmarks/{script}",
+            "--photos",
+            str(photos),
+            "--work",
+            str(tmp_path / "work"),
+            "--results",
+            str(tmp_path / "results"),
+            *options,
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in tables:
+        result = json.loads((tmp_path / "results" / f"{name}.json").read_text())
+        assert result["machine"]["cores"] >= 1 and result["rows"]
+        numbers = [v for row in result["rows"] for k, v in row.items() if isinstance(v, float)]
+        assert numbers and all(v > 0 for v in numbers)
+        assert f"results/{name}.json" in done.stdout
