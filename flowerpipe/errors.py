@@ -19,3 +19,11 @@ class DataError(FlowerpipeError):
 
 class ParityError(FlowerpipeError):
     """The exported ONNX model does not reproduce the PyTorch model's outputs."""
+
+
+class ModelError(FlowerpipeError):
+    """The file is not an ONNX model that flowerpipe exported."""
+
+
+class QuantizationError(FlowerpipeError):
+    """The int8 model loses more accuracy than allowed."""

@@ -19,15 +19,11 @@ from typing import Any, BinaryIO
 import numpy as np
 import onnxruntime as ort
 
-from .errors import FlowerpipeError
+from .errors import ModelError
 from .metrics import softmax
 from .preprocess import IMAGE_SUFFIXES, preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
-
-
-class ModelError(FlowerpipeError):
-    """The file is not an ONNX model that flowerpipe exported."""
 
 
 class Predictor:

@@ -19,13 +19,9 @@ from onnxruntime.quantization import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from .errors import FlowerpipeError
+from .errors import QuantizationError
 from .predict import Predictor
 from .preprocess import to_model_input
-
-
-class QuantizationError(FlowerpipeError):
-    """The int8 model loses more accuracy than allowed."""
 
 
 class _Batches(CalibrationDataReader):

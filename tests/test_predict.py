@@ -14,7 +14,8 @@ import torch
 from conftest import CLASSES, IMAGE_SIZE, REPO, RESIZE, make_photos
 
 from flowerpipe import dataset
-from flowerpipe.predict import ModelError, Predictor
+from flowerpipe.errors import ModelError
+from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import center_crop, to_model_input
 
 

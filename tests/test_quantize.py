@@ -10,10 +10,10 @@ import pytest
 from conftest import IMAGE_SIZE, noisy_squares
 from onnx import numpy_helper
 
+from flowerpipe.errors import QuantizationError
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import center_crop
 from flowerpipe.quantize import (
-    QuantizationError,
     accuracy,
     calibration_indices,
     check_accuracy_drop,
