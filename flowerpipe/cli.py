@@ -40,9 +40,10 @@ def predict(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> None:
     from .console import run_main
 
-    args = parser().parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     if args.top_k < 1 or args.batch_size < 1:
-        parser().error("--top-k and --batch-size must be >= 1")
+        command.error("--top-k and --batch-size must be >= 1")
     run_main(lambda: predict(args))
 
 
