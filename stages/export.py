@@ -17,9 +17,12 @@ MODEL = "models/model.onnx"
 WEIGHTS = "models/best.pt"
 
 
-def provenance() -> dict[str, str]:
-    """The git commit, the DVC experiment (under `dvc exp run`) and the md5 DVC records for the weights."""
+def provenance(data_sha256: str | None) -> dict[str, str]:
+    """The git commit, the DVC experiment (under `dvc exp run`), the md5 DVC records for the
+    weights and the sha256 of the manifest of the photos they were trained on."""
     found = {"weights_md5": file_digest(WEIGHTS, "md5")}
+    if data_sha256:
+        found["data_sha256"] = data_sha256
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=False)
     if commit.stdout.strip():
         found["git_commit"] = commit.stdout.strip()
@@ -35,7 +38,11 @@ def main() -> None:
     data = load_prepared("data/prepared")
     val = data.images[data.indices("val")]
     metadata = onnx_metadata(
-        meta["classes"], meta["arch"], meta["image_size"], meta["resize_size"], provenance()
+        meta["classes"],
+        meta["arch"],
+        meta["image_size"],
+        meta["resize_size"],
+        provenance(meta.get("data_sha256")),
     )
     with atomic_path(MODEL) as tmp:
         export_onnx(model, tmp, meta["image_size"], metadata, cfg.export.opset)

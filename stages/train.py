@@ -3,15 +3,19 @@
 models/checkpoint.pt (a persistent DVC output) is rewritten after every epoch: a run that is
 stopped and started again resumes there, and a finished run is not trained again."""
 
+import dataclasses
+
 from dvclive import Live
 
 from flowerpipe import training
+from flowerpipe.atomic import write_json
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
 from flowerpipe.devices import resolve_device
 from flowerpipe.models import build_model, save_trained
 from flowerpipe.preprocess import resize_size
+from flowerpipe.runrecord import run_record
 
 
 def main() -> None:
@@ -59,7 +63,10 @@ def main() -> None:
         resize_size=resize_size(cfg.data.image_size, cfg.data.crop_ratio),
         epoch=result.best_epoch,
         val_accuracy=result.best_val_accuracy,
+        data_sha256=data.fingerprint,
     )
+    write_json("results/train/run.json", run_record(cfg, device, data.fingerprint, key))
+    write_json("results/train/config.json", dataclasses.asdict(cfg))  # defaults included
 
 
 if __name__ == "__main__":

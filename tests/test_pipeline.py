@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import os
+import platform
 import shutil
 import signal
 import subprocess
@@ -153,6 +155,15 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
     trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/best.pt")
     assert meta["weights_md5"] == trained["md5"]
+    manifest = hashlib.sha256((repo.path / "data/prepared/manifest.csv").read_bytes()).hexdigest()
+    run = repo.json("results/train/run.json")  # the run record, a metric beside the scores
+    assert run["data_sha256"] == manifest == meta["data_sha256"]
+    assert run["torch"] == torch.__version__ and run["device"].startswith("cpu: ")
+    assert run["precision"] in ("float32", "bfloat16") and run["python"] == platform.python_version()
+    config = repo.json("results/train/config.json")  # resolved: defaults included
+    assert config["train"]["epochs"] == 2 and config["train"]["scheduler"] == "none"
+    shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
+    assert next(iter(shown.values()))["data"]["results/train/run.json"]["data"]["data_sha256"] == manifest
     logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
     assert logits.shape == (3, 3)
 
