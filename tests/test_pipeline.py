@@ -58,6 +58,14 @@ class DvcRepo:
         self.dvc("init", "-q")
         self.commit("pipeline")
 
+    @classmethod
+    def clone_of(cls, other: DvcRepo, path: Path) -> DvcRepo:
+        """A `git clone` of `other`: its commits, without its DVC cache or outputs."""
+        other.run("git", "clone", "-q", str(other.path), str(path))
+        repo = cls.__new__(cls)
+        repo.path, repo.env = path, other.env
+        return repo
+
     def start(self, *args: str) -> subprocess.Popen[str]:
         """Start a command in a process group of its own (so that it can be killed whole)."""
         return subprocess.Popen(args, cwd=self.path, env=self.env, text=True, start_new_session=True)
@@ -323,6 +331,29 @@ def test_parity_failure_stops_export_and_writes_no_model(repo: DvcRepo) -> None:
     assert not list((repo.path / "models").glob(".*.tmp"))
     repo.dvc("checkout", "models/model.onnx")  # the verified model is still in the cache
     assert (repo.path / "models/model.onnx").read_bytes() == before
+
+
+def test_shared_cache_restores_a_run_in_a_fresh_clone(repo: DvcRepo, tmp_path: Path) -> None:
+    """`dvc push` to a local remote, `dvc pull` in a new clone: every output back, nothing to re-run."""
+    store = tmp_path / "store"
+    repo.dvc("remote", "add", "-d", "shared", str(store))
+    repo.commit("a shared DVC remote")
+    repo.dvc("push")
+    fresh = DvcRepo.clone_of(repo, tmp_path / "clone")
+    clone = fresh.path
+    assert not (clone / "models/model.onnx").exists()
+    fresh.dvc("pull")
+    for out in (
+        "data/prepared/images.npy",
+        "models/checkpoint.pt",
+        "models/best.pt",
+        "models/model.onnx",
+        "models/model.int8.onnx",
+        "results/plots/mistakes.png",
+    ):
+        assert (clone / out).read_bytes() == (repo.path / out).read_bytes(), out
+    assert "up to date" in fresh.dvc("status").stdout
+    assert stages_run(fresh.dvc("repro").stdout) == []
 
 
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
