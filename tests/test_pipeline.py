@@ -356,6 +356,36 @@ def test_shared_cache_restores_a_run_in_a_fresh_clone(repo: DvcRepo, tmp_path: P
     assert stages_run(fresh.dvc("repro").stdout) == []
 
 
+def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
+    """The README's sweep: one queued experiment per arch, run by `dvc queue start`."""
+    repo.dvc("exp", "run", "--queue", "-S", "model.arch=resnet18,mobilenet_v3_small", "-S", "train.epochs=1")
+    repo.dvc("queue", "start", "--jobs", "1")
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        status = repo.dvc("queue", "status").stdout
+        if "Queued" not in status and "Running" not in status:
+            break
+        time.sleep(2)
+    assert "Success" in status and "Failed" not in status, status
+    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
+    runs = {
+        e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"]: e["revs"][0]["data"]
+        for rev in shown
+        for e in rev.get("experiments") or []
+    }
+    assert set(runs) == {"resnet18", "mobilenet_v3_small"}
+    for data in runs.values():
+        assert 0 <= data["metrics"]["results/evaluate/metrics.json"]["data"]["test"]["accuracy"] <= 1
+    names = [e["name"] for rev in shown for e in rev.get("experiments") or []]
+    diff = json.loads(repo.dvc("exp", "diff", *names, "--json").stdout)
+    assert (
+        diff["params"]["params.yaml"]["model.arch"]["old"]
+        != diff["params"]["params.yaml"]["model.arch"]["new"]
+    )
+    plots = json.loads(repo.dvc("plots", "diff", *names, "--json").stdout)["data"]
+    assert {row["rev"] for row in plots["Accuracy"][0]["content"]["data"]["values"]} == set(names)
+
+
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
     """A change to a module train depends on re-runs the stage; the finished checkpoint answers."""
     before = torch.load(repo.path / "models/best.pt", weights_only=True)["state_dict"]
