@@ -13,11 +13,10 @@ from common import arguments, prepared, report
 from PIL import Image
 from torchvision import transforms as T
 
+from flowerpipe.config import TrainConfig
 from flowerpipe.dataset import prepare
 from flowerpipe.preprocess import MEAN, STD, resize_size
 from flowerpipe.transforms import augment_batch, build_augment, normalize, to_nchw
-
-AUGMENT = [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}]
 
 
 def main() -> None:
@@ -34,7 +33,7 @@ def main() -> None:
 
     data = prepared(args.photos, args.work, resize_size(size, 0.875))
     idx = np.random.default_rng(0).permutation(len(data.rows))[: args.images]
-    augment = build_augment(AUGMENT, size)
+    augment = build_augment(TrainConfig().augment, size)  # the default
     pixels = to_nchw(data.images[np.sort(idx)])  # the cache, read once (as training does)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # per core, as PIL below
