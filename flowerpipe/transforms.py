@@ -96,8 +96,8 @@ def _crop_flip(spec: list[dict[str, dict[str, Any]]], image_size: int) -> CropFl
 def build_augment(spec: list[dict[str, dict[str, Any]]], image_size: int) -> Transform:
     """A v2.Compose from `[{Name: {args}}, ...]`; transforms that need a `size` get
     `image_size`, and a final centre crop guarantees `image_size` x `image_size` output.
-    A random resized crop with an optional flip (the default) is the batched `CropFlip`."""
-    batched = _crop_flip(spec, image_size)
+    A random resized crop with an optional flip (the default) is the batched `CropFlip`; its
+    arguments are still checked by building the v2 steps."""
     steps = []
     for i, step in enumerate(spec):
         ((name, args),) = step.items()
@@ -113,7 +113,7 @@ def build_augment(spec: list[dict[str, dict[str, Any]]], image_size: int) -> Tra
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"train.augment[{i}].{name}", str(exc)) from None
     steps.append(v2.CenterCrop(image_size))
-    return batched or v2.Compose(steps)
+    return _crop_flip(spec, image_size) or v2.Compose(steps)
 
 
 def augment_batch(images: torch.Tensor, augment: Transform) -> torch.Tensor:
