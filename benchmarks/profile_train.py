@@ -1,5 +1,6 @@
 """Where a flowerpipe training epoch spends its time: torch.profiler over one epoch of `fit` on
-real photos, ops sorted by their own CPU time."""
+real photos, ops sorted by their own CPU time (by their GPU time on CUDA, with the share of the
+epoch the GPU was busy)."""
 
 from __future__ import annotations
 
@@ -29,16 +30,24 @@ def main() -> None:
         build_model("resnet18", None, len(data.classes), seed=0),
         data.images,
         data.labels,
-        train_idx[:64],
+        train_idx,
         train_idx[:32],
         cfg,
         args.size,
         device,
-    )  # warm-up: kernels, allocator
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        fit(model, data.images, data.labels, train_idx, train_idx[:32], cfg, args.size, device)
-    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
-    print(table)
+    )  # warm-up: kernels, allocator, cuDNN's choice of algorithm for each batch shape
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        result = fit(model, data.images, data.labels, train_idx, train_idx[:32], cfg, args.size, device)
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=20))
+    if device.type == "cuda":
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.self_device_time_total for e in kernels) / 1e6
+        seconds = len(train_idx) / result.history[-1]["train_images_per_second"]
+        print(f"training: {seconds:.3f} s, GPU kernels: {busy:.3f} s ({busy / seconds:.0%} busy)")
 
 
 if __name__ == "__main__":

@@ -95,6 +95,7 @@ class TrainConfig:
     freeze: str | list[str] = "none"
     precision: str = "auto"
     device: str = "auto"
+    launcher: str = "python"
     seed: int = 0
     augment: list[dict[str, dict[str, Any]]] = field(default_factory=_default_augment)
 
@@ -122,6 +123,8 @@ class TrainConfig:
             _check(ok, "train.freeze", "a list must name at least one module, e.g. [layer1, layer2]")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
+        ok = self.launcher == "python" or self.launcher.split()[:1] == ["torchrun"]
+        _check(ok, "train.launcher", "must be python or a torchrun command, e.g. torchrun --nproc-per-node=2")
         for i, step in enumerate(self.augment):
             key = f"train.augment[{i}]"
             _check(isinstance(step, dict) and len(step) == 1, key, "must be {TransformName: {args}}")
@@ -130,8 +133,10 @@ class TrainConfig:
 
     @property
     def recipe(self) -> dict[str, Any]:
-        """Every setting that changes what is learnt; `device` and `precision` only say how fast."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("device", "precision")}
+        """Every setting that changes what is learnt; `device`, `precision` and `launcher` only say
+        how fast."""
+        how = ("device", "precision", "launcher")
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in how}
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
@@ -15,26 +16,35 @@ T = TypeVar("T")
 log = logging.getLogger("flowerpipe")
 
 
+def is_main_process() -> bool:
+    """False in the processes torchrun starts beside rank 0 (they share its terminal)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain `LEVEL message` lines on stderr: flowerpipe's at `level`, other libraries' warnings."""
+    """Plain `LEVEL message` lines on stderr: flowerpipe's at `level` (warnings only in torchrun's
+    processes other than rank 0), other libraries' warnings."""
     logging.basicConfig(
         level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    log.setLevel(level)
+    log.setLevel(level if is_main_process() else logging.WARNING)
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> tqdm:
-    """A progress bar on a terminal; silent when stderr is not a terminal (CI logs stay plain)."""
-    return tqdm(items, desc=desc, total=total, unit=unit, disable=None, leave=False, dynamic_ncols=True)
+    """A progress bar on a terminal, in rank 0 only; silent when stderr is not a terminal (CI logs
+    stay plain)."""
+    disable = None if is_main_process() else True
+    return tqdm(items, desc=desc, total=total, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
 
 
 def run_main(main: Callable[[], int | None]) -> None:
     """Run a command's main() and exit with the status it returns (None: 0); a FlowerpipeError
-    exits 1 with one `error:` line and no traceback."""
+    exits 1 with one `error:` line and no traceback (naming the rank in torchrun's other processes)."""
     setup_logging()
     try:
         status = main()
     except FlowerpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        where = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # one of torchrun's processes
+        print(f"error: {where}{exc}", file=sys.stderr)
         sys.exit(1)
     sys.exit(status or 0)

@@ -37,13 +37,17 @@ def device_name(device: torch.device) -> str:
     return f"{device.type}: {platform.processor() or platform.machine()}"
 
 
-def run_record(cfg: Config, device: torch.device, data_sha256: str, recipe_key: str) -> dict[str, Any]:
-    """The trace of a run as flat strings, short enough for `dvc exp show` columns."""
+def run_record(
+    cfg: Config, device: torch.device, data_sha256: str, recipe_key: str, processes: int = 1
+) -> dict[str, Any]:
+    """The trace of a run as flat values, short enough for `dvc exp show` columns; `device` is
+    rank 0's when `processes` trained together under torchrun."""
     dtype = autocast_dtype(device, cfg.train.precision)
     return {
         "data_sha256": data_sha256,
         "recipe_key": recipe_key,
         "device": device_name(device),
+        "processes": processes,
         "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
         **versions(),
     }

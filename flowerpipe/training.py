@@ -5,6 +5,10 @@ mixed precision and channels_last where the device gains from them, keeps the be
 accuracy, and writes a checkpoint after each epoch from which an interrupted run resumes exactly.
 With a frozen backbone and no augmentation, the backbone's features are computed once and only the
 head is trained on them.
+
+Under torchrun (see `distributed`), each process trains on its share of every batch through
+DistributedDataParallel, the epoch's metrics are summed over all processes, and rank 0 alone writes
+the checkpoint.
 """
 
 from __future__ import annotations
@@ -21,12 +25,15 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
 
 from .atomic import atomic_path
 from .config import TrainConfig
 from .console import log, progress
 from .devices import autocast_dtype
-from .errors import FlowerpipeError
+from .distributed import from_main, rank_and_size, sum_over_processes
+from .errors import ConfigError, FlowerpipeError
 from .evaluation import predict_logits
 from .models import freeze, head_name, train_mode
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
@@ -86,8 +93,6 @@ class Run:
         self.scheduler = make_scheduler(self.optimizer, cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-        torch.manual_seed(cfg.seed)  # augmentation draws and dropout (build_model seeds the init)
-        self.rng = np.random.default_rng(cfg.seed)  # data order
         self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
         self.since_best = 0
 
@@ -95,10 +100,8 @@ class Run:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
     def state(self, key: str) -> dict[str, Any]:
-        """The checkpoint: all a run needs to go on after its last epoch exactly as it would have."""
-        rng = {"torch": torch.get_rng_state(), "numpy": self.rng.bit_generator.state}
-        if self.device.type == "cuda":
-            rng["cuda"] = torch.cuda.get_rng_state_all()
+        """The checkpoint: all a run needs to go on after its last epoch exactly as it would have
+        (random draws are seeded per epoch)."""
         r = self.result
         return {
             "fingerprint": key,
@@ -107,7 +110,6 @@ class Run:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
-            "rng": rng,
             "best": {"state": r.best_state, "epoch": r.best_epoch, "val_accuracy": r.best_val_accuracy},
             "since_best": self.since_best,
             "history": r.history,
@@ -120,10 +122,6 @@ class Run:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
-        torch.set_rng_state(saved["rng"]["torch"])
-        self.rng.bit_generator.state = saved["rng"]["numpy"]
-        if self.device.type == "cuda" and "cuda" in saved["rng"]:
-            torch.cuda.set_rng_state_all(saved["rng"]["cuda"])
         best = saved["best"]
         self.result = FitResult(
             best["state"], best["epoch"], best["val_accuracy"], saved["history"], saved["finished"]
@@ -147,7 +145,17 @@ def fit(
     """Train `model` on the uint8 NHWC cache rows `train_idx`; keep the weights of the best epoch
     on `val_idx`. After each epoch, `on_epoch` gets its metrics and `checkpoint` (when given) is
     rewritten; a checkpoint written under the same `key` (see `fingerprint`) is resumed from, and a
-    finished one is not trained again. `on_epoch` also sees the epochs a resumed run skips."""
+    finished one is not trained again. `on_epoch` also sees the epochs a resumed run skips.
+
+    Under torchrun every process calls `fit`; each takes `batch_size / processes` images of every
+    batch (an epoch leaves out up to processes - 1 photos) and its share of the val images. Only rank
+    0 writes the checkpoint and keeps `best_state`."""
+    rank, world = rank_and_size()
+    if cfg.batch_size % world:
+        problem = f"{cfg.batch_size} does not split evenly over {world} processes"
+        raise ConfigError("train.batch_size", problem)
+    if len(val_idx) < world:
+        raise FlowerpipeError(f"the val split has {len(val_idx)} photos, fewer than the {world} processes")
     frozen = freeze(model, cfg.freeze)
     if device.type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)  # faster convolutions on both
@@ -155,7 +163,7 @@ def fit(
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     model.to(device)
     run = Run(model, cfg, device, frozen)
-    saved = _load_checkpoint(checkpoint, key)
+    saved = from_main(_load_checkpoint(checkpoint, key) if rank == 0 else None)
     if saved is not None:
         run.restore(saved)
         log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), cfg.epochs)
@@ -165,40 +173,48 @@ def fit(
     if run.result.finished:
         return run.result
 
+    val_share = val_idx[rank::world]
     feed = None
     if cfg.freeze == "backbone" and not cfg.augment:
-        feed = _feature_feed(run, images, train_idx, val_idx, image_size)  # None if the model forbids it
+        feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
     if feed is None:
-        feed = _image_feed(run, images, train_idx, val_idx, image_size)
+        feed = _image_feed(run, images, train_idx, val_share, image_size)
+    if world > 1:  # gradients are averaged over the processes in backward
+        feed.net = DistributedDataParallel(feed.net, device_ids=[device] if device.type == "cuda" else None)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
-    val_y = torch.from_numpy(labels[val_idx])
+    val_y = torch.from_numpy(labels[val_share])
+    # The same shuffle in every process; rank r takes every world-th position of it, so that the
+    # processes' shares of a batch together are the batch a single process would take.
+    sampler = DistributedSampler(
+        range(len(train_idx)), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True
+    )
 
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
         lr = run.optimizer.param_groups[0]["lr"]
-        order = torch.from_numpy(run.rng.permutation(len(train_idx))).to(device)
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), device=device)
+        torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
         feed.train_mode()
-        train_loss, train_acc = _train_epoch(run, feed, train_y, order)
+        train_loss, train_acc, seen = _train_epoch(run, feed, train_y, order, cfg.batch_size // world)
         train_seconds = time.perf_counter() - start
         run.scheduler.step()
-        with run.autocast():
-            logits = feed.val_logits()
-        val_acc = float((logits.argmax(1) == val_y).float().mean())
+        val_loss, val_acc = _validate(run, feed, val_y, len(val_idx))
         metrics = {
             "epoch": epoch,
             "train/loss": train_loss,
             "train/accuracy": train_acc,
-            "val/loss": float(run.loss_fn(logits, val_y)),
+            "val/loss": val_loss,
             "val/accuracy": val_acc,
             "lr": lr,
             "epoch_seconds": time.perf_counter() - start,
-            "train_images_per_second": len(order) / train_seconds,
+            "train_images_per_second": seen / train_seconds,
         }
         _log_epoch(metrics, cfg.epochs)
-        _keep_best(run, metrics)
+        _keep_best(run, metrics, keep_state=rank == 0)
         stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
         run.result.finished = epoch == cfg.epochs or bool(stop)
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             with atomic_path(checkpoint) as tmp:
                 torch.save(run.state(key), tmp)
         if on_epoch:
@@ -280,10 +296,17 @@ def _feature_feed(
     return Feed(net=head, batch=lambda pos: train_x[pos], train_mode=head.train, val_logits=val_logits)
 
 
-def _train_epoch(run: Run, feed: Feed, labels: torch.Tensor, order: torch.Tensor) -> tuple[float, float]:
-    """One pass over `order` (positions in the train split); returns mean loss and accuracy."""
+def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
+    """The torch seed of one process's epoch: a resumed run draws what it would have drawn."""
+    return int(np.random.SeedSequence((seed, epoch, rank)).generate_state(1)[0])
+
+
+def _train_epoch(
+    run: Run, feed: Feed, labels: torch.Tensor, order: torch.Tensor, size: int
+) -> tuple[float, float, int]:
+    """One pass over `order` (this process's positions in the train split) in batches of `size`;
+    returns mean loss and accuracy, and the number of images, over all processes."""
     total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
-    size = run.cfg.batch_size
     # BatchNorm cannot train on a batch of one: drop such a last batch.
     stop = len(order) - 1 if len(order) % size == 1 else len(order)
     starts = range(0, stop, size)
@@ -307,7 +330,20 @@ def _train_epoch(run: Run, feed: Feed, labels: torch.Tensor, order: torch.Tensor
         if bar.disable is False and (i % 10 == 0 or start + size >= stop):  # syncs the GPU: not every step
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=float(total_loss) / seen, acc=float(correct) / seen, img_s=seen / elapsed)
-    return float(total_loss) / max(seen, 1), float(correct) / max(seen, 1)
+    loss_sum, correct_sum, seen_sum = sum_over_processes(
+        torch.stack([total_loss, correct.float(), torch.tensor(float(seen), device=run.device)])
+    ).tolist()
+    return loss_sum / max(seen_sum, 1), correct_sum / max(seen_sum, 1), int(seen_sum)
+
+
+def _validate(run: Run, feed: Feed, labels: torch.Tensor, total: int) -> tuple[float, float]:
+    """Mean val loss and accuracy over all `total` val images, of which this process has `labels`."""
+    with run.autocast():
+        logits = feed.val_logits()
+    correct = (logits.argmax(1) == labels).sum().float()
+    sums = torch.stack([run.loss_fn(logits, labels) * len(labels), correct])
+    loss_sum, correct_sum = sum_over_processes(sums.to(run.device)).tolist()
+    return loss_sum / total, correct_sum / total
 
 
 def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -315,12 +351,13 @@ def _pixels(images: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
 
 
-def _keep_best(run: Run, metrics: dict[str, float]) -> None:
+def _keep_best(run: Run, metrics: dict[str, float], keep_state: bool) -> None:
     r = run.result
     r.history.append(metrics)
     if metrics["val/accuracy"] > r.best_val_accuracy:
         r.best_val_accuracy, r.best_epoch = metrics["val/accuracy"], int(metrics["epoch"])
-        r.best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+        if keep_state:
+            r.best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
         run.since_best = 0
     else:
         run.since_best += 1

@@ -6,6 +6,7 @@ uint8 squares of the decoded cache; the deterministic part lives in `preprocess`
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable
 from typing import Any
@@ -69,7 +70,9 @@ class CropFlip:
         theta = torch.zeros(n, 2, 3)  # output [-1, 1] -> the box, in the input's [-1, 1] coordinates
         theta[:, 0, 0], theta[:, 0, 2] = mirror * (x2 - x1) / width, (x1 + x2) / width - 1
         theta[:, 1, 1], theta[:, 1, 2] = (y2 - y1) / height, (y1 + y2) / height - 1
-        grid = F.affine_grid(theta.to(batch.device), [n, 3, self.size, self.size], align_corners=False)
+        # non_blocking: a blocking copy to a GPU would wait for every queued kernel, each batch
+        theta = theta.to(batch.device, non_blocking=True)
+        grid = F.affine_grid(theta, [n, 3, self.size, self.size], align_corners=False)
         out = F.grid_sample(batch.float(), grid, mode="bilinear", align_corners=False)
         out = out.round_().clamp_(0, 255).to(torch.uint8)
         return out[0] if single else out
@@ -130,9 +133,15 @@ def center_crop_batch(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def normalize(images: torch.Tensor) -> torch.Tensor:
     """uint8 NCHW (any device) -> float32 normalised with ImageNet mean/std."""
-    mean = torch.tensor(MEAN, device=images.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=images.device).view(1, 3, 1, 1)
+    mean, std = _mean_std(images.device)
     return (images.float() / 255.0 - mean) / std
+
+
+@functools.cache
+def _mean_std(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """ImageNet mean and std as 1x3x1x1 tensors on `device`, made once (a copy to a GPU waits
+    for its queue)."""
+    return tuple(torch.tensor(v, device=device).view(1, 3, 1, 1) for v in (MEAN, STD))
 
 
 def to_nchw(images_nhwc: np.ndarray) -> torch.Tensor:

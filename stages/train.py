@@ -1,9 +1,11 @@
 """train: fine-tune model.arch on the prepared train split; keep the best epoch by val accuracy.
 
 models/checkpoint.pt (a persistent DVC output) is rewritten after every epoch: a run that is
-stopped and started again resumes there, and a finished run is not trained again."""
+stopped and started again resumes there, and a finished run is not trained again.
+Under torchrun (train.launcher) every process trains; rank 0 alone writes the files."""
 
 import dataclasses
+import functools
 
 from dvclive import Live
 
@@ -12,7 +14,7 @@ from flowerpipe.atomic import write_json
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
-from flowerpipe.devices import resolve_device
+from flowerpipe.distributed import process_group
 from flowerpipe.models import build_model, save_trained
 from flowerpipe.preprocess import resize_size
 from flowerpipe.runrecord import run_record
@@ -20,24 +22,17 @@ from flowerpipe.runrecord import run_record
 
 def main() -> None:
     cfg = load_config()
-    data = load_prepared("data/prepared")
-    device = resolve_device(cfg.train.device)
-    head = {"head": cfg.model.head, "hidden": cfg.model.hidden, "dropout": cfg.model.dropout}
-    model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes), seed=cfg.train.seed, **head)
-    key = training.fingerprint(
-        cfg.model, cfg.train.recipe, cfg.data.image_size, cfg.data.crop_ratio, data.fingerprint
-    )
-
-    with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
-
-        def log_epoch(metrics: dict[str, float]) -> None:
-            live.step = int(metrics["epoch"])
-            for name, value in metrics.items():
-                if name != "epoch":
-                    live.log_metric(name, value)
-            live.next_step()
-
-        result = training.fit(
+    with process_group(cfg.train.device) as process:
+        data = load_prepared("data/prepared")
+        head = {"head": cfg.model.head, "hidden": cfg.model.hidden, "dropout": cfg.model.dropout}
+        with process.main_first():  # pretrained weights are downloaded once
+            classes, seed = len(data.classes), cfg.train.seed
+            model = build_model(cfg.model.arch, cfg.model.weights, classes, seed=seed, **head)
+        key = training.fingerprint(
+            cfg.model, cfg.train.recipe, cfg.data.image_size, cfg.data.crop_ratio, data.fingerprint
+        )
+        fit = functools.partial(
+            training.fit,
             model,
             data.images,
             data.labels,
@@ -45,12 +40,25 @@ def main() -> None:
             data.indices("val"),
             cfg.train,
             cfg.data.image_size,
-            device,
-            on_epoch=log_epoch,
+            process.device,
             checkpoint="models/checkpoint.pt",
             key=key,
         )
-        live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+        if not process.is_main:
+            fit()
+            return
+
+        with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+            def log_epoch(metrics: dict[str, float]) -> None:
+                live.step = int(metrics["epoch"])
+                for name, value in metrics.items():
+                    if name != "epoch":
+                        live.log_metric(name, value)
+                live.next_step()
+
+            result = fit(on_epoch=log_epoch)
+            live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
 
     model.load_state_dict(result.best_state)
     save_trained(
@@ -65,7 +73,8 @@ def main() -> None:
         val_accuracy=result.best_val_accuracy,
         data_sha256=data.fingerprint,
     )
-    write_json("results/train/run.json", run_record(cfg, device, data.fingerprint, key))
+    record = run_record(cfg, process.device, data.fingerprint, key, process.world_size)
+    write_json("results/train/run.json", record)
     write_json("results/train/config.json", dataclasses.asdict(cfg))  # defaults included
 
 

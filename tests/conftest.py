@@ -1,13 +1,22 @@
-"""Shared fixtures: synthetic flower photos drawn per class, and the real photos when enabled."""
+"""Shared fixtures: synthetic flower photos drawn per class, the real photos when enabled, and
+throwaway git + DVC repos holding the pipeline."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image, ImageDraw
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,6 +59,91 @@ def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [
         {k: v for k, v in h.items() if k not in ("epoch_seconds", "train_images_per_second")} for h in history
     ]
+
+
+SMALL = {
+    "model": {"weights": None},
+    "data": {"image_size": 32},
+    "train": {"epochs": 2, "batch_size": 16},
+    # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize tests the gate
+    "export": {"max_accuracy_drop": 100.0, "calibration_images": 16},
+}
+
+
+class DvcRepo:
+    """A git + DVC repo holding a copy of the project's pipeline files."""
+
+    def __init__(self, path: Path, template: DvcRepo | None = None) -> None:
+        self.path = path
+        bindir = str(Path(sys.executable).parent)  # `python` in dvc.yaml must be this venv's
+        self.env = {
+            **os.environ,
+            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
+            "DVC_NO_ANALYTICS": "1",
+            "GIT_AUTHOR_NAME": "test",
+            "GIT_AUTHOR_EMAIL": "test@example.invalid",
+            "GIT_COMMITTER_NAME": "test",
+            "GIT_COMMITTER_EMAIL": "test@example.invalid",
+        }
+        if template:  # a copy of another repo, its DVC cache and outputs included
+            shutil.copytree(template.path, path, symlinks=True)
+            return
+        path.mkdir(parents=True, exist_ok=True)
+        for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+            shutil.copy(REPO / name, path / name)
+        for folder in ("stages", "flowerpipe", "presets"):
+            shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        self.run("git", "init", "-q")
+        self.dvc("init", "-q")
+        self.commit("pipeline")
+
+    @classmethod
+    def clone_of(cls, other: DvcRepo, path: Path) -> DvcRepo:
+        """A `git clone` of `other`: its commits, without its DVC cache or outputs."""
+        other.run("git", "clone", "-q", str(other.path), str(path))
+        repo = cls.__new__(cls)
+        repo.path, repo.env = path, other.env
+        return repo
+
+    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True)
+        if check and done.returncode != 0:
+            raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        return self.run(sys.executable, "-m", "dvc", *args, check=check)
+
+    def commit(self, message: str) -> None:
+        self.run("git", "add", "-A")
+        self.run("git", "commit", "-qm", message, "--allow-empty")
+
+    def set_params(self, changes: dict) -> None:
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        for section, values in changes.items():
+            params[section].update(values)
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def json(self, relpath: str):
+        return json.loads((self.path / relpath).read_text())
+
+    def stop_training(self, sig: signal.Signals) -> int:
+        """Start `dvc repro train`, send `sig` to it (and what it started) once the run has written
+        a checkpoint, wait until all of them have exited, and return the checkpoint's epoch."""
+        checkpoint = self.path / "models/checkpoint.pt"
+        written = checkpoint.stat().st_mtime_ns if checkpoint.exists() else None
+        args = (sys.executable, "-m", "dvc", "repro", "train")
+        proc = subprocess.Popen(args, cwd=self.path, env=self.env, text=True, start_new_session=True)
+        while not checkpoint.exists() or checkpoint.stat().st_mtime_ns == written:
+            assert proc.poll() is None, "training ended before it could be stopped"
+            time.sleep(0.01)
+        os.killpg(proc.pid, sig)
+        proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            while True:  # torchrun's agent stops its workers before it exits
+                os.killpg(proc.pid, 0)
+                time.sleep(0.05)
+        return torch.load(checkpoint, weights_only=True)["epoch"]
 
 
 @pytest.fixture

@@ -58,6 +58,11 @@ def test_values_are_taken_and_coerced() -> None:
     assert cfg.train.augment == []
 
 
+@pytest.mark.parametrize("launcher", ["python", "torchrun --standalone --nproc-per-node=2", "torchrun"])
+def test_launcher_is_python_or_a_torchrun_command(launcher: str) -> None:
+    assert config_from_dict({"train": {"launcher": launcher}}).train.launcher == launcher
+
+
 @pytest.mark.parametrize("freeze", ["none", "backbone", ["layer1", "layer2"]])
 def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
     assert config_from_dict({"train": {"freeze": freeze}}).train.freeze == freeze
@@ -91,6 +96,9 @@ def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
         ({"train": {"batch_size": True}}, "train.batch_size"),
         ({"train": {"device": "gpu"}}, "train.device"),
         ({"train": {"device": "CUDA"}}, "train.device"),
+        ({"train": {"launcher": "mpirun -n 2"}}, "train.launcher"),
+        ({"train": {"launcher": "torchrun-2"}}, "train.launcher"),
+        ({"train": {"launcher": ""}}, "train.launcher"),
         ({"train": {"momentum": 1.0}}, "train.momentum"),
         ({"train": {"augment": {"RandomHorizontalFlip": {}}}}, "train.augment"),
         ({"train": {"augment": ["RandomHorizontalFlip"]}}, "train.augment[0]"),

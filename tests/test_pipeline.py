@@ -19,78 +19,9 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import REPO, make_photos
+from conftest import REPO, SMALL, DvcRepo, make_photos
 
 STAGES = ("prepare", "train", "evaluate", "plot", "export", "quantize@int8")
-SMALL = {
-    "model": {"weights": None},
-    "data": {"image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16},
-    # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize tests the gate
-    "export": {"max_accuracy_drop": 100.0, "calibration_images": 16},
-}
-
-
-class DvcRepo:
-    """A git + DVC repo holding a copy of the project's pipeline files."""
-
-    def __init__(self, path: Path, template: DvcRepo | None = None) -> None:
-        self.path = path
-        bindir = str(Path(sys.executable).parent)  # `python` in dvc.yaml must be this venv's
-        self.env = {
-            **os.environ,
-            "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}",
-            "DVC_NO_ANALYTICS": "1",
-            "GIT_AUTHOR_NAME": "test",
-            "GIT_AUTHOR_EMAIL": "test@example.invalid",
-            "GIT_COMMITTER_NAME": "test",
-            "GIT_COMMITTER_EMAIL": "test@example.invalid",
-        }
-        if template:  # a copy of another repo, its DVC cache and outputs included
-            shutil.copytree(template.path, path, symlinks=True)
-            return
-        path.mkdir(parents=True, exist_ok=True)
-        for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-            shutil.copy(REPO / name, path / name)
-        for folder in ("stages", "flowerpipe", "presets"):
-            shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
-        self.run("git", "init", "-q")
-        self.dvc("init", "-q")
-        self.commit("pipeline")
-
-    @classmethod
-    def clone_of(cls, other: DvcRepo, path: Path) -> DvcRepo:
-        """A `git clone` of `other`: its commits, without its DVC cache or outputs."""
-        other.run("git", "clone", "-q", str(other.path), str(path))
-        repo = cls.__new__(cls)
-        repo.path, repo.env = path, other.env
-        return repo
-
-    def start(self, *args: str) -> subprocess.Popen[str]:
-        """Start a command in a process group of its own (so that it can be killed whole)."""
-        return subprocess.Popen(args, cwd=self.path, env=self.env, text=True, start_new_session=True)
-
-    def run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        done = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True)
-        if check and done.returncode != 0:
-            raise AssertionError(f"{' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-        return done
-
-    def dvc(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        return self.run(sys.executable, "-m", "dvc", *args, check=check)
-
-    def commit(self, message: str) -> None:
-        self.run("git", "add", "-A")
-        self.run("git", "commit", "-qm", message, "--allow-empty")
-
-    def set_params(self, changes: dict) -> None:
-        params = yaml.safe_load((self.path / "params.yaml").read_text())
-        for section, values in changes.items():
-            params[section].update(values)
-        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-
-    def json(self, relpath: str):
-        return json.loads((self.path / relpath).read_text())
 
 
 def stages_run(output: str) -> list[str]:
@@ -408,15 +339,7 @@ def test_killed_training_resumes_to_the_uninterrupted_result(repo: DvcRepo, tmp_
     whole.dvc("repro", "train")
 
     repo.set_params(longer)
-    checkpoint = repo.path / "models/checkpoint.pt"
-    written = checkpoint.stat().st_mtime_ns
-    proc = repo.start(sys.executable, "-m", "dvc", "repro", "train")
-    while checkpoint.stat().st_mtime_ns == written:  # until the new run has written epoch 1
-        assert proc.poll() is None, "training ended before it could be killed"
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    stopped_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    stopped_at = repo.stop_training(signal.SIGKILL)
     assert 1 <= stopped_at < 6
 
     done = repo.dvc("repro", "train")
