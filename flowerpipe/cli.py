@@ -1,4 +1,5 @@
-"""The `flowerpipe` command. `predict` needs only onnxruntime, numpy and Pillow."""
+"""The `flowerpipe` command. `predict` needs only onnxruntime, numpy and Pillow; `serve` adds the
+`serve` extra (FastAPI, uvicorn, python-multipart). Neither imports torch."""
 
 from __future__ import annotations
 
@@ -21,6 +22,21 @@ def parser() -> argparse.ArgumentParser:
     predict.add_argument("images", nargs="+", help="image files, or folders searched for images")
     predict.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve an exported ONNX model over HTTP, with a page to try it",
+        description="POST /predict, POST /predict/batch, GET /model, GET /healthz, the page at / and "
+        "the OpenAPI description at /openapi.json.",
+    )
+    serve.add_argument("model", help="the .onnx file flowerpipe exported (e.g. models/model.onnx)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default 0: all cores)")
+    limits = serve.add_argument_group("limits of one request")
+    limits.add_argument("--max-bytes", type=int, help="body size (default 32 MiB)")
+    limits.add_argument("--max-pixels", type=int, help="pixels an image may declare (default 40 million)")
+    limits.add_argument("--max-images", type=int, help="images in one batch request (default 32)")
     return top
 
 
@@ -37,14 +53,33 @@ def predict(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def serve(args: argparse.Namespace) -> None:
+    from .serve import Limits, serve
+
+    given = {name: getattr(args, name) for name in ("max_bytes", "max_pixels", "max_images")}
+    serve(
+        args.model,
+        args.host,
+        args.port,
+        Limits(**{k: v for k, v in given.items() if v is not None}),
+        args.threads,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     from .console import run_main
 
     command = parser()
     args = command.parse_args(argv)
-    if args.top_k < 1 or args.batch_size < 1:
-        command.error("--top-k and --batch-size must be >= 1")
-    run_main(lambda: predict(args))
+    if args.command == "predict":
+        if args.top_k < 1 or args.batch_size < 1:
+            command.error("--top-k and --batch-size must be >= 1")
+        run_main(lambda: predict(args))
+    else:
+        limits = (args.max_bytes, args.max_pixels, args.max_images)
+        if any(v is not None and v < 1 for v in limits) or args.threads < 0:
+            command.error("--max-bytes, --max-pixels and --max-images must be >= 1, --threads >= 0")
+        run_main(lambda: serve(args))
 
 
 if __name__ == "__main__":

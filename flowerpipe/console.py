@@ -6,11 +6,12 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Iterable
-from typing import TypeVar
-
-from tqdm.auto import tqdm
+from typing import TYPE_CHECKING, TypeVar
 
 from .errors import FlowerpipeError
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
 
 T = TypeVar("T")
 log = logging.getLogger("flowerpipe")
@@ -33,6 +34,8 @@ def setup_logging(level: int = logging.INFO) -> None:
 def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str = "it") -> tqdm:
     """A progress bar on a terminal, in rank 0 only; silent when stderr is not a terminal (CI logs
     stay plain)."""
+    from tqdm.auto import tqdm  # imported here: the torch-free commands don't install it
+
     disable = None if is_main_process() else True
     return tqdm(items, desc=desc, total=total, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
 

@@ -27,3 +27,7 @@ class ModelError(FlowerpipeError):
 
 class QuantizationError(FlowerpipeError):
     """The int8 model loses more accuracy than allowed."""
+
+
+class ImageTooLarge(FlowerpipeError):
+    """An image declares more pixels than the caller accepts (a decompression bomb, perhaps)."""

@@ -53,9 +53,10 @@ class Predictor:
         self.std: list[float] = json.loads(meta["std"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def load(self, source: str | os.PathLike[str] | BinaryIO) -> np.ndarray:
-        """One image file -> the uint8 HWC crop the model sees (the evaluation preprocessing)."""
-        return preprocess_file(source, self.image_size, self.resize_size)
+    def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+        """One image file -> the uint8 HWC crop the model sees (the evaluation preprocessing); an
+        image of more than `max_pixels` raises ImageTooLarge before it is decoded."""
+        return preprocess_file(source, self.image_size, self.resize_size, max_pixels)
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """Logits for uint8 NHWC crops of `image_size`."""
@@ -65,7 +66,10 @@ class Predictor:
         self, sources: Sequence[str | os.PathLike[str] | BinaryIO], top_k: int = 3
     ) -> list[dict[str, Any]]:
         """Label, score and the `top_k` classes for each image; an unreadable image raises."""
-        crops = np.stack([self.load(source) for source in sources])
+        return self.answer(np.stack([self.load(source) for source in sources]), top_k)
+
+    def answer(self, crops: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        """Label, score and the `top_k` classes for each of the uint8 NHWC crops, in one model call."""
         return [self._answer(p, top_k) for p in softmax(self.logits(crops))]
 
     def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:

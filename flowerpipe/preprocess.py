@@ -14,6 +14,8 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import ImageTooLarge
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
@@ -24,12 +26,18 @@ def resize_size(image_size: int, crop_ratio: float) -> int:
     return round(image_size / crop_ratio)
 
 
-def load_rgb(source: str | os.PathLike[str] | BinaryIO, draft_size: int | None = None) -> Image.Image:
+def load_rgb(
+    source: str | os.PathLike[str] | BinaryIO, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode an image upright (EXIF orientation applied) as RGB; transparency becomes white.
 
     `draft_size` lets the JPEG decoder downscale by a power of two while staying >= that size.
+    An image whose header declares more than `max_pixels` raises ImageTooLarge before decoding.
     """
     with Image.open(source) as img:
+        width, height = img.size
+        if max_pixels is not None and width * height > max_pixels:
+            raise ImageTooLarge(f"{width}x{height} pixels is over the limit of {max_pixels:,}")
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()
@@ -64,6 +72,8 @@ def to_model_input(
     return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
 
-def preprocess_file(source: str | os.PathLike[str] | BinaryIO, image_size: int, resize: int) -> np.ndarray:
+def preprocess_file(
+    source: str | os.PathLike[str] | BinaryIO, image_size: int, resize: int, max_pixels: int | None = None
+) -> np.ndarray:
     """One image file -> the uint8 HWC `image_size` crop the model sees."""
-    return center_crop(fit_square(load_rgb(source, draft_size=resize), resize), image_size)
+    return center_crop(fit_square(load_rgb(source, resize, max_pixels), resize), image_size)

@@ -172,6 +172,17 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# Chromium as the tests run it: headless, and quiet on a machine without internet.
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+)
+
+
 IMAGE_SIZE, RESIZE = 32, 40  # the small model's input, and the square it is cropped from
 
 

@@ -56,3 +56,22 @@ def test_benchmark_writes_its_table(
         numbers = [v for row in result["rows"] for k, v in row.items() if isinstance(v, float)]
         assert numbers and all(v > 0 for v in numbers)
         assert f"results/{name}.json" in done.stdout
+
+
+def test_serve_load_sends_every_request(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "benchmarks/serve_load.py",
+            *("--photos", str(photos), "--work", str(tmp_path / "work"), "--results", str(tmp_path)),
+            *("--model", str(onnx_model), "--requests", "60", "--clients", "1", "16"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "serve_load.json").read_text())["rows"]
+    assert [(r["clients"], r["requests"], r["failed"]) for r in rows] == [(1, 60, 0), (16, 60, 0)]
+    assert all(r["req/s"] > 0 and 0 < r["p50 ms"] <= r["p99 ms"] for r in rows)
+    assert (tmp_path / "work/serve.log").read_text().count('"POST /predict HTTP/1.1" 200') == 120

@@ -19,7 +19,7 @@ import onnxruntime as ort
 import pytest
 import torch
 import yaml
-from conftest import REPO, SMALL, DvcRepo, make_photos
+from conftest import CHROMIUM_FLAGS, REPO, SMALL, DvcRepo, make_photos
 
 STAGES = ("prepare", "train", "evaluate", "plot", "export", "quantize@int8")
 
@@ -143,14 +143,6 @@ def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
         assert len({row["filename"] for row in plots[name][0]["content"]["data"]["values"]}) == 2
 
 
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-)
 VEGA_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")
 
 
