@@ -8,6 +8,8 @@ import json
 import sys
 from collections.abc import Sequence
 
+MODEL_HELP = "the .onnx file flowerpipe exported (e.g. models/model.onnx)"
+
 
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="flowerpipe", description=__doc__)
@@ -18,7 +20,7 @@ def parser() -> argparse.ArgumentParser:
         description="Print one JSON line per image: path, label, score and the top-k classes. "
         "An unreadable image gets a line with an error instead; the exit status is then 1.",
     )
-    predict.add_argument("model", help="the .onnx file flowerpipe exported (e.g. models/model.onnx)")
+    predict.add_argument("model", help=MODEL_HELP)
     predict.add_argument("images", nargs="+", help="image files, or folders searched for images")
     predict.add_argument("--top-k", type=int, default=3, help="classes listed per image (default 3)")
     predict.add_argument("--batch-size", type=int, default=32, help="images per model call (default 32)")
@@ -29,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
         description="POST /predict, POST /predict/batch, GET /model, GET /healthz, the page at / and "
         "the OpenAPI description at /openapi.json.",
     )
-    serve.add_argument("model", help="the .onnx file flowerpipe exported (e.g. models/model.onnx)")
+    serve.add_argument("model", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
     serve.add_argument("--threads", type=int, default=0, help="onnxruntime threads (default 0: all cores)")
