@@ -6,6 +6,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -259,8 +260,6 @@ def test_serve_extra_installs_no_torch() -> None:
 
 @pytest.fixture(scope="session")
 def chromium() -> str:
-    import shutil
-
     path = shutil.which("chromium") or shutil.which("chromium-browser")
     if not path:
         pytest.skip("needs chromium on PATH (.ci/run installs it)")
