@@ -92,6 +92,12 @@ class TrainConfig:
     min_lr: float = 0.0
     label_smoothing: float = 0.0
     early_stopping: int = 0
+    backbone_lr_factor: float = 1.0
+    head_epochs: int = 0
+    ema_decay: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    image_size: int | None = None
     freeze: str | list[str] = "none"
     precision: str = "auto"
     device: str = "auto"
@@ -115,6 +121,13 @@ class TrainConfig:
         _check(0 <= self.min_lr < self.lr, "train.min_lr", "must be in [0, train.lr)")
         _check(0 <= self.label_smoothing < 1, "train.label_smoothing", "must be in [0, 1)")
         _check(self.early_stopping >= 0, "train.early_stopping", "must be >= 0 (0 turns it off)")
+        _check(0 < self.backbone_lr_factor <= 1, "train.backbone_lr_factor", "must be in (0, 1]")
+        _check(0 <= self.head_epochs < self.epochs, "train.head_epochs", "must be in [0, train.epochs)")
+        _check(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1) (0 turns it off)")
+        _check(self.mixup >= 0, "train.mixup", "must be >= 0 (0 turns it off)")
+        _check(self.cutmix >= 0, "train.cutmix", "must be >= 0 (0 turns it off)")
+        if self.image_size is not None:
+            _check(16 <= self.image_size <= 1024, "train.image_size", "must be between 16 and 1024, or null")
         if isinstance(self.freeze, str):
             ok = self.freeze in ("none", "backbone")
             _check(ok, "train.freeze", "must be none, backbone, or a list of module names")

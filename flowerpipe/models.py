@@ -144,7 +144,7 @@ def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:
     if spec == "none":
         return []
     if spec == "backbone":
-        names = _complement(model, head_name(model))
+        names = backbone_modules(model)
     else:
         known = dict(model.named_modules())
         for name in spec:
@@ -157,6 +157,17 @@ def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:
     for name in names:
         model.get_submodule(name).requires_grad_(False)
     return names
+
+
+def backbone_modules(model: nn.Module) -> list[str]:
+    """The largest modules that are not, and do not hold, the classifier head."""
+    return _complement(model, head_name(model))
+
+
+def num_outputs(model: nn.Module) -> int:
+    """The number of classes the model's head scores."""
+    _, layer = _last_classifier(model)
+    return layer.out_features if isinstance(layer, nn.Linear) else layer.out_channels
 
 
 def train_mode(model: nn.Module, frozen: list[str]) -> nn.Module:

@@ -1,10 +1,13 @@
 """The training loop: plain code to read top to bottom, fed from the decoded uint8 cache.
 
-`fit` builds the optimizer, scheduler and loss from `TrainConfig`, trains epoch by epoch with
-mixed precision and channels_last where the device gains from them, keeps the best epoch by val
-accuracy, and writes a checkpoint after each epoch from which an interrupted run resumes exactly.
-With a frozen backbone and no augmentation, the backbone's features are computed once and only the
-head is trained on them.
+`fit` builds the optimizer and loss from `TrainConfig`, trains epoch by epoch with mixed
+precision and channels_last where the device gains from them, sets the learning rates before every
+step (`schedule`), keeps the best epoch by val accuracy, and writes a checkpoint after each epoch
+from which an interrupted run resumes exactly. The fine-tuning options: the pretrained layers learn
+at a fraction of the head's rate and only after `head_epochs`, MixUp/CutMix mix the batches, an
+exponential moving average of the weights is what validation, and so `best.pt`, sees, and the
+augmentation may crop smaller than evaluation does (FixRes). With a frozen backbone and no
+augmentation, the backbone's features are computed once and only the head is trained on them.
 
 Under torchrun (see `distributed`), each process trains on its share of every batch through
 DistributedDataParallel, the epoch's metrics are summed over all processes, and rank 0 alone writes
@@ -26,7 +29,9 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DistributedSampler
+from torchvision.transforms import v2
 
 from .atomic import atomic_path
 from .config import TrainConfig
@@ -35,7 +40,8 @@ from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, sum_over_processes
 from .errors import ConfigError, FlowerpipeError
 from .evaluation import predict_logits
-from .models import freeze, head_name, train_mode
+from .models import backbone_modules, freeze, head_name, num_outputs, train_mode
+from .schedule import lr_factor, set_learning_rates
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
 EpochCallback = Callable[[dict[str, float]], None]
@@ -57,30 +63,32 @@ def fingerprint(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
-    """SGD with momentum, Adam or AdamW over `params` (the trainable ones), with weight decay."""
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """SGD with momentum, Adam or AdamW over the trainable parameters of `model`, with weight
+    decay: the head's in one group, the pretrained layers' in another whose `lr_scale` is
+    `backbone_lr_factor` (see `schedule.set_learning_rates`)."""
+    head = head_name(model)
+    groups: dict[bool, list[nn.Parameter]] = {True: [], False: []}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            groups[name.startswith(f"{head}.")].append(p)
+    scales = {True: 1.0, False: cfg.backbone_lr_factor}
+    params = [{"params": ps, "lr_scale": scales[is_head]} for is_head, ps in groups.items() if ps]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def make_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: TrainConfig
-) -> torch.optim.lr_scheduler.LRScheduler:
-    """Per-epoch learning-rate schedule: constant, step decay, cosine, or a linear warm-up (from
-    lr / (warmup_epochs + 1)) followed by cosine down to `min_lr`."""
-    sched = torch.optim.lr_scheduler
-    if cfg.scheduler == "none":
-        return sched.ConstantLR(optimizer, factor=1.0, total_iters=0)
-    if cfg.scheduler == "step":
-        return sched.StepLR(optimizer, step_size=cfg.step_size, gamma=cfg.gamma)
-    warmup = cfg.warmup_epochs if cfg.scheduler == "warmup_cosine" else 0
-    cosine = sched.CosineAnnealingLR(optimizer, T_max=cfg.epochs - warmup, eta_min=cfg.min_lr)
-    if not warmup:
-        return cosine
-    ramp = sched.LinearLR(optimizer, start_factor=1 / (warmup + 1), total_iters=warmup)
-    return sched.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+def make_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
+    """MixUp and/or CutMix of a batch and its labels (one of the two per batch when both are on),
+    or None when both are off."""
+    mixes = [
+        kind(alpha=alpha, num_classes=num_classes)
+        for kind, alpha in ((v2.MixUp, cfg.mixup), (v2.CutMix, cfg.cutmix))
+        if alpha > 0
+    ]
+    return v2.RandomChoice(mixes) if mixes else None
 
 
 class Run:
@@ -89,12 +97,42 @@ class Run:
     def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, frozen: list[str]) -> None:
         self.model, self.cfg, self.device, self.frozen = model, cfg, device, frozen
         self.dtype = autocast_dtype(device, cfg.precision)
-        self.optimizer = make_optimizer([p for p in model.parameters() if p.requires_grad], cfg)
-        self.scheduler = make_scheduler(self.optimizer, cfg)
+        self.optimizer = make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        self.mix = make_mix(cfg, num_outputs(model))
+        self.ema: AveragedModel | None = None  # made by `average`, once the trained net is known
+        self.ema_prefix = ""
         self.result = FitResult(best_state={}, best_epoch=0, best_val_accuracy=-1.0)
         self.since_best = 0
+
+    def average(self, net: nn.Module, saved: dict[str, Any] | None) -> None:
+        """Keep an exponential moving average of `net` (the model, or its head on cached features),
+        taken back from `saved` when resuming."""
+        if not self.cfg.ema_decay:
+            return
+        decay = get_ema_multi_avg_fn(self.cfg.ema_decay)
+        self.ema = AveragedModel(net, multi_avg_fn=decay, use_buffers=True)
+        self.ema_prefix = "" if net is self.model else f"{head_name(self.model)}."
+        if saved is not None:
+            self.ema.load_state_dict(saved["ema"])
+
+    def learn_backbone(self, on: bool) -> list[str]:
+        """Let the pretrained layers learn, or hold them as loaded (BatchNorm statistics included)
+        while the head learns alone; returns the modules to keep in eval mode."""
+        backbone = backbone_modules(self.model)
+        for name in backbone:
+            self.model.get_submodule(name).requires_grad_(on)
+        for name in self.frozen:
+            self.model.get_submodule(name).requires_grad_(False)
+        return self.frozen if on else backbone + self.frozen
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """The weights validation scores: the model's, with the moving average in place when on."""
+        state = self.model.state_dict()
+        if self.ema is not None:
+            state.update({self.ema_prefix + k: v for k, v in self.ema.module.state_dict().items()})
+        return state
 
     def autocast(self) -> contextlib.AbstractContextManager[None]:
         return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
@@ -108,8 +146,8 @@ class Run:
             "epoch": len(r.history),
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "best": {"state": r.best_state, "epoch": r.best_epoch, "val_accuracy": r.best_val_accuracy},
             "since_best": self.since_best,
             "history": r.history,
@@ -120,7 +158,6 @@ class Run:
         """Take back a checkpoint written by `state`."""
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
-        self.scheduler.load_state_dict(saved["scheduler"])
         self.scaler.load_state_dict(saved["scaler"])
         best = saved["best"]
         self.result = FitResult(
@@ -175,12 +212,11 @@ def fit(
 
     val_share = val_idx[rank::world]
     feed = None
-    if cfg.freeze == "backbone" and not cfg.augment:
+    if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
         feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
     if feed is None:
-        feed = _image_feed(run, images, train_idx, val_share, image_size)
-    if world > 1:  # gradients are averaged over the processes in backward
-        feed.net = DistributedDataParallel(feed.net, device_ids=[device] if device.type == "cuda" else None)
+        feed = _image_feed(run, images, train_idx, val_share, cfg.image_size or image_size, image_size)
+    run.average(feed.net, saved)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
     val_y = torch.from_numpy(labels[val_share])
     # The same shuffle in every process; rank r takes every world-th position of it, so that the
@@ -188,17 +224,26 @@ def fit(
     sampler = DistributedSampler(
         range(len(train_idx)), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True
     )
+    batches = Batches(sampler.num_samples, cfg.batch_size // world)
+    net, backbone_on = feed.net, None
 
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
-        lr = run.optimizer.param_groups[0]["lr"]
+        first_step = (epoch - 1) * len(batches)
+        lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
+        if backbone_on != (epoch > cfg.head_epochs):
+            backbone_on = epoch > cfg.head_epochs
+            eval_modules = run.learn_backbone(backbone_on)
+            if world > 1:  # gradients are averaged over the processes in backward
+                net = DistributedDataParallel(
+                    feed.net, device_ids=[device] if device.type == "cuda" else None
+                )
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), device=device)
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
-        feed.train_mode()
-        train_loss, train_acc, seen = _train_epoch(run, feed, train_y, order, cfg.batch_size // world)
+        feed.train_mode(eval_modules)
+        train_loss, train_acc, seen = _train_epoch(run, feed, net, train_y, order, batches, first_step)
         train_seconds = time.perf_counter() - start
-        run.scheduler.step()
         val_loss, val_acc = _validate(run, feed, val_y, len(val_idx))
         metrics = {
             "epoch": epoch,
@@ -225,28 +270,47 @@ def fit(
     return run.result
 
 
+@dataclass(frozen=True)
+class Batches:
+    """How one process's `samples` positions of an epoch are cut into batches of `size`."""
+
+    samples: int
+    size: int
+
+    @property
+    def stop(self) -> int:
+        """BatchNorm cannot train on a batch of one: such a last batch is dropped."""
+        return self.samples - 1 if self.samples % self.size == 1 else self.samples
+
+    def __len__(self) -> int:
+        return -(-self.stop // self.size)
+
+
 @dataclass
 class Feed:
     """What a training step runs (`net`), how a batch of train positions becomes its input, and
-    the val logits: of the whole model on augmented images, or of the head on cached features."""
+    the val logits of a net like it: the whole model on augmented images, or the head on cached
+    features."""
 
     net: nn.Module
     batch: Callable[[torch.Tensor], torch.Tensor]
-    train_mode: Callable[[], object]
-    val_logits: Callable[[], torch.Tensor]
+    train_mode: Callable[[list[str]], object]
+    val_logits: Callable[[nn.Module], torch.Tensor]
 
 
-def _image_feed(run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, size: int) -> Feed:
+def _image_feed(
+    run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
+) -> Feed:
     pixels = _pixels(images[train_idx], run.device)  # the whole train split, once (on the GPU there)
-    augment = build_augment(run.cfg.augment, size)
+    augment = build_augment(run.cfg.augment, train_size)
     val_images = np.asarray(images[val_idx])
     model = run.model
     return Feed(
         net=model,
         batch=lambda pos: normalize(augment_batch(pixels[pos], augment)),
-        train_mode=lambda: train_mode(model, run.frozen),
-        val_logits=lambda: torch.from_numpy(
-            predict_logits(model, val_images, size, run.cfg.batch_size, run.device)
+        train_mode=lambda eval_modules: train_mode(model, eval_modules),
+        val_logits=lambda net: torch.from_numpy(
+            predict_logits(net, val_images, size, run.cfg.batch_size, run.device)
         ),
     )
 
@@ -290,10 +354,12 @@ def _feature_feed(
     train_x, val_x = feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
 
     @torch.inference_mode()
-    def val_logits() -> torch.Tensor:
-        return head.eval()(val_x).float().cpu()
+    def val_logits(net: nn.Module) -> torch.Tensor:
+        return net.eval()(val_x).float().cpu()
 
-    return Feed(net=head, batch=lambda pos: train_x[pos], train_mode=head.train, val_logits=val_logits)
+    return Feed(
+        net=head, batch=lambda pos: train_x[pos], train_mode=lambda _: head.train(), val_logits=val_logits
+    )
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
@@ -302,28 +368,40 @@ def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
 
 
 def _train_epoch(
-    run: Run, feed: Feed, labels: torch.Tensor, order: torch.Tensor, size: int
+    run: Run,
+    feed: Feed,
+    net: nn.Module,
+    labels: torch.Tensor,
+    order: torch.Tensor,
+    batches: Batches,
+    first_step: int,
 ) -> tuple[float, float, int]:
-    """One pass over `order` (this process's positions in the train split) in batches of `size`;
-    returns mean loss and accuracy, and the number of images, over all processes."""
+    """One pass of `net` over `order` (this process's positions in the train split) in `batches`,
+    the first of which is optimizer step `first_step` of the run; returns mean loss and accuracy
+    (against each mixed image's main label), and the number of images, over all processes."""
     total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
-    # BatchNorm cannot train on a batch of one: drop such a last batch.
-    stop = len(order) - 1 if len(order) % size == 1 else len(order)
+    size, stop = batches.size, batches.stop
     starts = range(0, stop, size)
     bar = progress(starts, "train", len(starts), "batch")
     t0 = time.perf_counter()
     for i, start in enumerate(bar):
         pos = order[start : min(start + size, stop)]
         x, y = feed.batch(pos), labels[pos]
+        target = y
+        if run.mix is not None:
+            x, target = run.mix(x, y)
         if x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         with run.autocast():
-            logits = feed.net(x)
-            loss = run.loss_fn(logits.float(), y)
+            logits = net(x)
+            loss = run.loss_fn(logits.float(), target)
+        set_learning_rates(run.optimizer, run.cfg, first_step + i, len(batches))
         run.optimizer.zero_grad(set_to_none=True)
         run.scaler.scale(loss).backward()
         run.scaler.step(run.optimizer)
         run.scaler.update()
+        if run.ema is not None:
+            run.ema.update_parameters(feed.net)
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
@@ -339,7 +417,7 @@ def _train_epoch(
 def _validate(run: Run, feed: Feed, labels: torch.Tensor, total: int) -> tuple[float, float]:
     """Mean val loss and accuracy over all `total` val images, of which this process has `labels`."""
     with run.autocast():
-        logits = feed.val_logits()
+        logits = feed.val_logits(feed.net if run.ema is None else run.ema.module)
     correct = (logits.argmax(1) == labels).sum().float()
     sums = torch.stack([run.loss_fn(logits, labels) * len(labels), correct])
     loss_sum, correct_sum = sum_over_processes(sums.to(run.device)).tolist()
@@ -357,7 +435,7 @@ def _keep_best(run: Run, metrics: dict[str, float], keep_state: bool) -> None:
     if metrics["val/accuracy"] > r.best_val_accuracy:
         r.best_val_accuracy, r.best_epoch = metrics["val/accuracy"], int(metrics["epoch"])
         if keep_state:
-            r.best_state = {k: v.detach().cpu().clone() for k, v in run.model.state_dict().items()}
+            r.best_state = {k: v.detach().cpu().clone() for k, v in run.weights().items()}
         run.since_best = 0
     else:
         run.since_best += 1

@@ -12,12 +12,14 @@ import pytest
 import torch
 from conftest import without_timings
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from flowerpipe import training
 from flowerpipe.config import TrainConfig
 from flowerpipe.devices import autocast_dtype
 from flowerpipe.errors import ConfigError, FlowerpipeError
 from flowerpipe.models import Head, build_model, freeze, head_name, load_trained, save_trained, train_mode
+from flowerpipe.schedule import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -104,7 +106,7 @@ def test_each_combination_trains_one_step(head: str, frozen, optimizer: str, sch
     seen: list[dict[str, float]] = []
     with pytest.raises(Stop):  # one epoch of 8 images in batches of 8: one optimizer step
         fit(cfg, tiny_data(8), model, on_epoch=lambda m: (seen.append(m), stop_after(1)(m)))
-    assert seen[0]["lr"] == pytest.approx(0.005 if scheduler == "warmup_cosine" else 0.01)
+    assert seen[0]["lr"] == pytest.approx(0.01)  # a one-step warm-up ends at lr
 
     head_prefix = f"{head_name(model)}."
     frozen_prefixes = (
@@ -166,40 +168,75 @@ def test_freezing_an_unknown_module_names_the_key() -> None:
 # --- schedules -------------------------------------------------------------------------------------
 
 
-def lr_per_epoch(cfg: TrainConfig) -> list[float]:
-    optimizer = training.make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
-    scheduler = training.make_scheduler(optimizer, cfg)
-    lrs = []
-    for _ in range(cfg.epochs):
-        lrs.append(optimizer.param_groups[0]["lr"])
-        optimizer.step()
-        scheduler.step()
-    return lrs
-
-
-def test_learning_rate_schedules() -> None:
+def test_learning_rate_schedules_per_step() -> None:
     base = TrainConfig(epochs=6, lr=0.1, step_size=2, gamma=0.5, min_lr=0.01, warmup_epochs=2)
-    assert lr_per_epoch(base) == pytest.approx([0.1] * 6)
-    assert lr_per_epoch(replace(base, scheduler="step")) == pytest.approx(
-        [0.1, 0.1, 0.05, 0.05, 0.025, 0.025]
+    per_epoch, steps = 4, range(24)
+
+    def lrs(scheduler: str) -> list[float]:
+        cfg = replace(base, scheduler=scheduler)
+        return [cfg.lr * lr_factor(cfg, s, per_epoch) for s in steps]
+
+    assert lrs("none") == pytest.approx([0.1] * 24)
+    assert lrs("step") == pytest.approx([0.1] * 8 + [0.05] * 8 + [0.025] * 8)
+    assert lrs("cosine") == pytest.approx([0.01 + 0.09 * (1 + math.cos(math.pi * s / 24)) / 2 for s in steps])
+    warm = [0.1 * (s + 1) / 8 for s in range(8)]
+    cosine = [0.01 + 0.09 * (1 + math.cos(math.pi * s / 16)) / 2 for s in range(16)]
+    assert lrs("warmup_cosine") == pytest.approx(warm + cosine)
+
+
+def test_every_step_of_fit_takes_the_closed_form_rates() -> None:
+    """Warm-up and cosine stepped per batch, the pretrained layers at a tenth of the head's rate."""
+    cfg = TrainConfig(
+        epochs=3,
+        batch_size=8,
+        lr=0.1,
+        min_lr=0.01,
+        scheduler="warmup_cosine",
+        warmup_epochs=1,
+        backbone_lr_factor=0.1,
+        head_epochs=1,
+        precision="fp32",
+        device="cpu",
     )
-    cosine = [0.01 + 0.09 * (1 + math.cos(math.pi * e / 6)) / 2 for e in range(6)]
-    assert lr_per_epoch(replace(base, scheduler="cosine")) == pytest.approx(cosine)
-    warm = [0.1 / 3, 0.2 / 3] + [0.01 + 0.09 * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
-    assert lr_per_epoch(replace(base, scheduler="warmup_cosine")) == pytest.approx(warm)
+    seen: list[list[float]] = []
+    hook = register_optimizer_step_pre_hook(lambda opt, *_: seen.append([g["lr"] for g in opt.param_groups]))
+    try:
+        fit(cfg, tiny_data(20))  # 20 photos in batches of 8: 3 steps per epoch
+    finally:
+        hook.remove()
+    head = [0.1 * (s + 1) / 3 for s in range(3)]
+    head += [0.01 + 0.09 * (1 + math.cos(math.pi * s / 6)) / 2 for s in range(6)]
+    assert [lr for lr, _ in seen] == pytest.approx(head)
+    assert [lr for _, lr in seen] == pytest.approx([lr / 10 for lr in head])
+
+
+def test_head_epochs_hold_the_backbone_as_loaded() -> None:
+    cfg = TrainConfig(epochs=2, batch_size=8, lr=0.05, head_epochs=1, precision="fp32", device="cpu")
+    model = build_model("resnet18", None, CLASSES)
+    before = snapshot(model)
+    after: dict[int, dict[str, torch.Tensor]] = {}
+    fit(cfg, tiny_data(16), model, on_epoch=lambda m: after.setdefault(int(m["epoch"]), snapshot(model)))
+    for key, value in before.items():
+        # epoch 1: the head alone learns; BatchNorm statistics stay too
+        assert torch.equal(after[1][key], value) != key.startswith("fc."), key
+    backbone = [k for k in before if not k.startswith("fc.") and k.endswith(("weight", "running_mean"))]
+    assert all(not torch.equal(after[2][k], after[1][k]) for k in backbone)  # epoch 2: every layer
 
 
 @pytest.mark.parametrize(
     ("name", "kind"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam), ("adamw", torch.optim.AdamW)]
 )
 def test_optimizers_take_lr_and_weight_decay(name: str, kind: type) -> None:
-    cfg = TrainConfig(optimizer=name, lr=0.02, momentum=0.8, weight_decay=0.001)
-    optimizer = training.make_optimizer([nn.Parameter(torch.zeros(1))], cfg)
-    group = optimizer.param_groups[0]
+    cfg = TrainConfig(optimizer=name, lr=0.02, momentum=0.8, weight_decay=0.001, backbone_lr_factor=0.25)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(4, 2))
+    optimizer = training.make_optimizer(model, cfg)
+    head, backbone = optimizer.param_groups
     assert type(optimizer) is kind
-    assert (group["lr"], group["weight_decay"]) == (0.02, 0.001)
+    assert (head["lr"], head["weight_decay"], head["lr_scale"]) == (0.02, 0.001, 1.0)
+    assert head["params"] == list(model[2].parameters())
+    assert backbone["params"] == list(model[0].parameters()) and backbone["lr_scale"] == 0.25
     if name == "sgd":
-        assert group["momentum"] == 0.8
+        assert head["momentum"] == 0.8
 
 
 def test_label_smoothing_raises_the_loss_of_confident_predictions() -> None:
@@ -208,6 +245,52 @@ def test_label_smoothing_raises_the_loss_of_confident_predictions() -> None:
     plain = fit(cfg, data, build_model("resnet18", None, CLASSES))[1].history[0]["train/loss"]
     smooth = fit(replace(cfg, label_smoothing=0.5), data, build_model("resnet18", None, CLASSES))[1]
     assert smooth.history[0]["train/loss"] != pytest.approx(plain)
+
+
+def test_mixup_and_cutmix_mix_the_batches() -> None:
+    assert training.make_mix(TrainConfig(), CLASSES) is None
+    cfg = replace(RESUME_CFG, epochs=2, precision="fp32")
+    data = tiny_data(16)
+    plain = fit(cfg, data, build_model("resnet18", None, CLASSES))[1].history
+    for mix in ({"mixup": 0.4}, {"cutmix": 1.0}, {"mixup": 0.4, "cutmix": 1.0}):
+        mixed = [fit(replace(cfg, **mix), data, build_model("resnet18", None, CLASSES))[1] for _ in range(2)]
+        assert without_timings(mixed[0].history) == without_timings(mixed[1].history), mix  # seeded
+        assert mixed[0].history[0]["train/loss"] != pytest.approx(plain[0]["train/loss"]), mix
+
+
+def test_moving_average_is_what_validation_keeps_and_changes_nothing_else() -> None:
+    cfg = replace(RESUME_CFG, epochs=2, precision="fp32")
+    data = tiny_data(16)  # 2 steps per epoch
+    plain_model, plain = fit(cfg, data, build_model("resnet18", None, CLASSES))
+    steps: list[dict[str, torch.Tensor]] = []
+    decay = 0.6
+    model = build_model("resnet18", None, CLASSES)
+    hook = register_optimizer_step_post_hook(lambda *_: steps.append(snapshot(model)))
+    try:
+        ema_model, ema = fit(replace(cfg, ema_decay=decay), data, model)
+    finally:
+        hook.remove()
+    # training itself is the same as without the average
+    assert [h["train/loss"] for h in ema.history] == [h["train/loss"] for h in plain.history]
+    for key, value in plain_model.state_dict().items():
+        assert torch.equal(ema_model.state_dict()[key], value), key
+    assert [h["val/loss"] for h in ema.history] != [h["val/loss"] for h in plain.history]
+    # the kept weights are the average, over the steps up to the best epoch, of weights and statistics
+    average = dict(steps[0])
+    for state in steps[1 : 2 * ema.best_epoch]:
+        average = {k: decay * average[k] + (1 - decay) * state[k] for k in state}
+    for key, value in ema.best_state.items():
+        if value.is_floating_point():  # not BatchNorm's batch counts
+            torch.testing.assert_close(value, average[key], rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_train_image_size_crops_smaller_than_evaluation() -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, image_size=24, precision="fp32", device="cpu")
+    model = build_model("resnet18", None, CLASSES)
+    sizes: set[tuple[bool, int]] = set()
+    model.conv1.register_forward_pre_hook(lambda m, args: sizes.add((m.training, args[0].shape[-1])))
+    fit(cfg, tiny_data(16), model)
+    assert sizes == {(True, 24), (False, IMAGE_SIZE)}
 
 
 def test_early_stopping_ends_the_run_and_keeps_the_best() -> None:
@@ -232,36 +315,53 @@ RESUME_CFG = TrainConfig(
 )
 
 
-def test_killed_run_resumes_to_the_same_result(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+# every fine-tuning option on; stopped in the head-only first epoch, so resuming changes phase
+FINE_TUNING_CFG = replace(
+    RESUME_CFG,
+    scheduler="warmup_cosine",
+    warmup_epochs=1,
+    backbone_lr_factor=0.1,
+    head_epochs=1,
+    ema_decay=0.9,
+    mixup=0.2,
+    cutmix=1.0,
+    image_size=24,
+)
+
+
+@pytest.mark.parametrize(("cfg", "stop"), [(RESUME_CFG, 2), (FINE_TUNING_CFG, 1)])
+def test_killed_run_resumes_to_the_same_result(
+    cfg: TrainConfig, stop: int, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     data = tiny_data(20)
     whole_model, whole = fit(
-        RESUME_CFG, data, build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8)
+        cfg, data, build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8)
     )
 
     checkpoint = tmp_path / "checkpoint.pt"
     with pytest.raises(Stop):
         fit(
-            RESUME_CFG,
+            cfg,
             data,
             build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8),
             checkpoint=checkpoint,
             key="k",
-            on_epoch=stop_after(2),
+            on_epoch=stop_after(stop),
         )
-    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == stop
 
     trained = count_epochs(monkeypatch)
     replayed: list[dict[str, float]] = []
     torch.manual_seed(99)  # whatever the global RNG holds in the new process
     model, resumed = fit(
-        RESUME_CFG,
+        cfg,
         data,
         build_model("resnet18", None, CLASSES, head="mlp", dropout=0.2, hidden=8),
         checkpoint=checkpoint,
         key="k",
         on_epoch=replayed.append,
     )
-    assert len(trained) == 1  # only epoch 3 ran again
+    assert len(trained) == cfg.epochs - stop  # only the epochs after the stop ran again
     assert [m["epoch"] for m in replayed] == [1, 2, 3]  # the logger still sees every epoch
     assert without_timings(resumed.history) == without_timings(whole.history)
     assert resumed.best_epoch == whole.best_epoch

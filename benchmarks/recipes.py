@@ -1,0 +1,110 @@
+"""Fine-tuning recipes side by side: each is trained by flowerpipe's `fit` from the same weights on
+the same split, and scored on the test photos, with and without horizontal-flip test-time
+augmentation (the mean of the logits of the photo and of its mirror image).
+
+    uv run python benchmarks/recipes.py --arch mobilenet_v2 \\
+        --weights ../shared/weights/mobilenet_v2-imagenet.pth --recipes default tuned --seeds 0 1
+
+A recipe is a name below or a JSON object of `train` keys over the defaults of params.yaml's
+`train` section, e.g. '{"lr": 0.01, "epochs": 5}'; `--set key=value` is the base of every recipe."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+from common import ROOT, arguments, load_prepared, prepared, report
+
+from flowerpipe.config import config_from_dict
+from flowerpipe.console import setup_logging
+from flowerpipe.devices import resolve_device
+from flowerpipe.evaluation import predict_logits
+from flowerpipe.models import build_model
+from flowerpipe.preprocess import resize_size
+from flowerpipe.training import fit
+
+REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for every layer
+    "lr": 0.001,
+    "scheduler": "none",
+    "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+    "backbone_lr_factor": 1.0,
+    "head_epochs": 0,
+    "ema_decay": 0.0,
+    "mixup": 0.0,
+    "cutmix": 0.0,
+    "image_size": None,
+    "augment": [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}],
+}
+RECIPES: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": {}}
+
+
+def main() -> None:
+    parser = arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--prepared", type=Path, help="a prepared folder to use instead of --photos")
+    parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument(
+        "--weights",
+        type=lambda w: None if w == "null" else w,
+        default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
+        help="model.weights: a state_dict file, a torchvision weights name, or null",
+    )
+    parser.add_argument("--size", type=int, default=224, help="data.image_size: the evaluation crop")
+    parser.add_argument("--recipes", nargs="+", default=["reference", "default"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument("--set", nargs="*", default=[], help="train key=value (YAML) under every recipe")
+    parser.add_argument("--name", default="recipes", help="the results file's name")
+    args = parser.parse_args()
+    setup_logging()
+    resize = resize_size(args.size, 0.875)
+    data = load_prepared(args.prepared) if args.prepared else prepared(args.photos, args.work, resize)
+    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    device = resolve_device("auto")
+    train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
+    test_images, test_labels = data.images[test_idx], data.labels[test_idx]
+    rows = []
+    for recipe in args.recipes:
+        for seed in args.seeds:
+            changes = RECIPES[recipe] if recipe in RECIPES else json.loads(recipe)
+            train = {**defaults, **common, **changes, "seed": seed}
+            cfg = config_from_dict({"train": train}).train
+            model = build_model(args.arch, args.weights, len(data.classes), seed=seed)
+            start = time.perf_counter()
+            result = fit(model, data.images, data.labels, train_idx, val_idx, cfg, args.size, device)
+            seconds = time.perf_counter() - start
+            model.load_state_dict(result.best_state)
+            batch = cfg.batch_size * 2
+            logits = predict_logits(model, test_images, args.size, batch, device)
+            mirrored = predict_logits(
+                model, np.ascontiguousarray(test_images[:, :, ::-1]), args.size, batch, device
+            )
+            rows.append(
+                {
+                    "recipe": recipe if recipe in RECIPES else json.dumps(changes, separators=(",", ":")),
+                    "seed": seed,
+                    "epochs": len(result.history),
+                    "train_size": cfg.image_size or args.size,
+                    "seconds": seconds,
+                    "best_epoch": result.best_epoch,
+                    "val_acc": result.best_val_accuracy,
+                    "test_acc": _accuracy(logits, test_labels),
+                    "test_acc_flip_tta": _accuracy(logits + mirrored, test_labels),
+                }
+            )
+            print(json.dumps(rows[-1]), flush=True)
+    report(args.results, args.name, rows, {"arch": args.arch, "weights": args.weights, "set": common})
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return float((logits.argmax(1) == labels).mean())
+
+
+if __name__ == "__main__":
+    torch.backends.cudnn.benchmark = True
+    main()
