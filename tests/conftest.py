@@ -163,6 +163,18 @@ def real_photos() -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def real_weights() -> Path:
+    """The real ImageNet state_dict for torchvision's mobilenet_v2 named by FLOWERPIPE_REAL_WEIGHTS
+    (`.ci/run` sets it); read in place, never copied."""
+    file = os.environ.get("FLOWERPIPE_REAL_WEIGHTS")
+    if not file:
+        pytest.skip("set FLOWERPIPE_REAL_WEIGHTS=<mobilenet_v2 state_dict> to run the real-weights tests")
+    path = Path(file).resolve()
+    assert path.is_file(), f"FLOWERPIPE_REAL_WEIGHTS={file} is not a file"
+    return path
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine run many times faster on one intra-op thread."""

@@ -28,6 +28,14 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         ("data.py", ["--images", "16"], ["data"]),
         ("inference.py", ["--size", "32"], ["inference"]),
+        (
+            "recipes.py",
+            [
+                *("--arch", "resnet18", "--weights", "null", "--size", "32"),
+                *("--set", "epochs=1", "batch_size=8", "--recipes", "reference", '{"ema_decay": 0.5}'),
+            ],
+            ["recipes"],
+        ),
     ],
 )
 def test_benchmark_writes_its_table(

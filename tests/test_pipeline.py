@@ -407,3 +407,23 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
     int8 = repo.json("results/export/int8.json")  # it passed the default gate, on real test photos
     assert int8["test_accuracy"]["fp32"] - int8["test_accuracy"]["int8"] <= 0.01
+
+
+@pytest.mark.real_data
+def test_real_imagenet_weights_through_dvc_repro(
+    tmp_path: Path, real_photos: Path, real_weights: Path
+) -> None:
+    """MobileNetV2 from the real ImageNet weights, frozen, its features computed once, a linear head
+    trained on them through `dvc repro`: a test accuracy that only pretrained features give."""
+    repo = DvcRepo(tmp_path / "repo")
+    repo.set_params(
+        {
+            "data": {"source": str(real_photos)},
+            "model": {"arch": "mobilenet_v2", "weights": str(real_weights)},
+            "train": {"freeze": "backbone", "augment": [], "mixup": 0.0, "cutmix": 0.0},
+        }
+    )
+    done = repo.dvc("repro", "evaluate")
+    assert stages_run(done.stdout) == ["prepare", "train", "evaluate"]
+    assert "features of 3149 images computed once" in done.stderr
+    assert repo.json("results/evaluate/metrics.json")["test"]["accuracy"] >= 0.90

@@ -56,6 +56,9 @@ def test_preset_is_a_named_experiment_with_valid_params(preset: Path, tmp_path: 
     cfg = apply_set_params(argv)
     assert cfg.train.epochs == 5
     assert cfg.model.weights == "DEFAULT"
+    # params.yaml's fine-tuning defaults do not leak into the reference recipes
+    fine_tuning = ("backbone_lr_factor", "head_epochs", "ema_decay", "mixup", "cutmix", "image_size")
+    assert [getattr(cfg.train, k) for k in fine_tuning] == [1.0, 0, 0.0, 0.0, 0.0, None]
 
 
 def test_resnet18_reference_recipe(tmp_path: Path) -> None:

@@ -124,6 +124,29 @@ def test_each_combination_trains_one_step(head: str, frozen, optimizer: str, sch
             assert changed, f"trainable {key} did not change"
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "squeezenet1_1", "convnext_tiny", "vgg11"])
+def test_fine_tuning_options_find_the_head_of_other_families(arch: str) -> None:
+    """The head learns alone in epoch 1 and at the full rate; the pretrained layers join at a tenth."""
+    cfg = replace(FINE_TUNING_CFG, epochs=2, precision="fp32", image_size=None)
+    model = build_model(arch, None, CLASSES, seed=1)
+    head = f"{head_name(model)}."
+    before = snapshot(model)
+    after: dict[int, dict[str, torch.Tensor]] = {}
+    groups: list[tuple[float, int]] = []
+    hook = register_optimizer_step_pre_hook(
+        lambda opt, *_: groups.extend((g["lr_scale"], len(g["params"])) for g in opt.param_groups)
+    )
+    try:
+        fit(cfg, tiny_data(16), model, on_epoch=lambda m: after.setdefault(int(m["epoch"]), snapshot(model)))
+    finally:
+        hook.remove()
+    head_params = sum(1 for n, _ in model.named_parameters() if n.startswith(head))
+    assert groups[:2] == [(1.0, head_params), (0.1, len(list(model.parameters())) - head_params)]
+    weights = [k for k in before if k.endswith("weight")]
+    assert all(torch.equal(after[1][k], before[k]) != k.startswith(head) for k in weights)
+    assert any(not torch.equal(after[2][k], after[1][k]) for k in weights if not k.startswith(head))
+
+
 def test_head_mlp_has_the_configured_shape_and_survives_saving(tmp_path) -> None:
     model = build_model("resnet18", None, 5, head="mlp", hidden=64, dropout=0.25)
     assert isinstance(model.fc, Head)
