@@ -26,7 +26,7 @@ from flowerpipe.devices import resolve_device
 from flowerpipe.evaluation import predict_logits
 from flowerpipe.models import build_model
 from flowerpipe.preprocess import resize_size
-from flowerpipe.training import fit
+from flowerpipe.training import fit, train_size
 
 REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for every layer
     "lr": 0.001,
@@ -38,7 +38,7 @@ REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for 
     "ema_decay": 0.0,
     "mixup": 0.0,
     "cutmix": 0.0,
-    "image_size": None,
+    "image_scale": 1.0,
     "augment": [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}],
 }
 RECIPES: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": {}}
@@ -89,7 +89,7 @@ def main() -> None:
                     "recipe": recipe if recipe in RECIPES else json.dumps(changes, separators=(",", ":")),
                     "seed": seed,
                     "epochs": len(result.history),
-                    "train_size": cfg.image_size or args.size,
+                    "train_size": train_size(cfg, args.size),
                     "seconds": seconds,
                     "best_epoch": result.best_epoch,
                     "val_acc": result.best_val_accuracy,

@@ -17,7 +17,8 @@ from .config import TrainConfig
 def lr_factor(cfg: TrainConfig, step: int, steps_per_epoch: int) -> float:
     """`train.lr`'s multiplier at optimizer step `step` (0-based) of a run of `train.epochs`:
     constant, step decay at epoch boundaries, or cosine to `min_lr` after a linear warm-up
-    that rises every step and reaches `lr` on the warm-up's last step."""
+    that rises every step and reaches `lr` on the warm-up's last step (a warm-up as long as the
+    run, or longer, leaves no cosine)."""
     if cfg.scheduler == "none":
         return 1.0
     if cfg.scheduler == "step":

@@ -80,6 +80,11 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+def train_size(cfg: TrainConfig, image_size: int) -> int:
+    """The side of the augmented training crops: `image_scale` of the evaluation size (FixRes)."""
+    return round(image_size * cfg.image_scale)
+
+
 def make_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
     """MixUp and/or CutMix of a batch and its labels (one of the two per batch when both are on),
     or None when both are off."""
@@ -215,7 +220,7 @@ def fit(
     if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
         feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
     if feed is None:
-        feed = _image_feed(run, images, train_idx, val_share, cfg.image_size or image_size, image_size)
+        feed = _image_feed(run, images, train_idx, val_share, train_size(cfg, image_size), image_size)
     run.average(feed.net, saved)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
     val_y = torch.from_numpy(labels[val_share])

@@ -28,7 +28,7 @@ exec dvc exp run -n resnet152-reference \
   -S train.ema_decay=0.0 \
   -S train.mixup=0.0 \
   -S train.cutmix=0.0 \
-  -S train.image_size=null \
+  -S train.image_scale=1.0 \
   -S 'train.freeze=[layer1, layer2]' \
   -S train.seed=0 \
   -S 'train.augment=[{RandomResizedCrop: {}}, {RandomHorizontalFlip: {}}, {ColorJitter: {brightness: 0.2, contrast: 0.2, saturation: 0.2}}, {RandomErasing: {p: 0.25}}]' \

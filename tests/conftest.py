@@ -64,7 +64,8 @@ def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
 SMALL = {
     "model": {"weights": None},
     "data": {"image_size": 32},
-    "train": {"epochs": 2, "batch_size": 16},
+    # random weights: every layer learns from the first step, as the README advises
+    "train": {"epochs": 2, "batch_size": 16, "head_epochs": 0, "backbone_lr_factor": 1.0},
     # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize tests the gate
     "export": {"max_accuracy_drop": 100.0, "calibration_images": 16},
 }
@@ -152,27 +153,27 @@ def photos(tmp_path: Path) -> Path:
     return make_photos(tmp_path / "photos")
 
 
+def _shared(variable: str, what: str) -> Path:
+    """The path in environment variable `variable` (`.ci/run` sets it to a file or folder in
+    ../shared, read in place, never copied); the test is skipped where it is unset."""
+    value = os.environ.get(variable)
+    if not value:
+        pytest.skip(f"set {variable}=<{what}> to run the real-data tests")
+    path = Path(value).resolve()
+    assert path.exists(), f"{variable}={value} does not exist"
+    return path
+
+
 @pytest.fixture(scope="session")
 def real_photos() -> Path:
-    """The real flower_photos folder named by FLOWERPIPE_REAL_DATA (`.ci/run` sets it)."""
-    folder = os.environ.get("FLOWERPIPE_REAL_DATA")
-    if not folder:
-        pytest.skip("set FLOWERPIPE_REAL_DATA=<flower_photos folder> to run the real-data tests")
-    path = Path(folder).resolve()
-    assert path.is_dir(), f"FLOWERPIPE_REAL_DATA={folder} is not a folder"
-    return path
+    """The real flower_photos folder named by FLOWERPIPE_REAL_DATA."""
+    return _shared("FLOWERPIPE_REAL_DATA", "flower_photos folder")
 
 
 @pytest.fixture(scope="session")
 def real_weights() -> Path:
-    """The real ImageNet state_dict for torchvision's mobilenet_v2 named by FLOWERPIPE_REAL_WEIGHTS
-    (`.ci/run` sets it); read in place, never copied."""
-    file = os.environ.get("FLOWERPIPE_REAL_WEIGHTS")
-    if not file:
-        pytest.skip("set FLOWERPIPE_REAL_WEIGHTS=<mobilenet_v2 state_dict> to run the real-weights tests")
-    path = Path(file).resolve()
-    assert path.is_file(), f"FLOWERPIPE_REAL_WEIGHTS={file} is not a file"
-    return path
+    """The real ImageNet state_dict for torchvision's mobilenet_v2 named by FLOWERPIPE_REAL_WEIGHTS."""
+    return _shared("FLOWERPIPE_REAL_WEIGHTS", "mobilenet_v2 state_dict")
 
 
 @pytest.fixture(scope="module")

@@ -393,6 +393,8 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
         "data.image_size=64",
         "-S",
         "train.epochs=1",
+        "-S",
+        "train.head_epochs=0",
     )
     assert stages_run(done.stdout) == list(STAGES)
     prepared = repo.json("results/prepare/metrics.json")

@@ -57,8 +57,8 @@ def test_preset_is_a_named_experiment_with_valid_params(preset: Path, tmp_path: 
     assert cfg.train.epochs == 5
     assert cfg.model.weights == "DEFAULT"
     # params.yaml's fine-tuning defaults do not leak into the reference recipes
-    fine_tuning = ("backbone_lr_factor", "head_epochs", "ema_decay", "mixup", "cutmix", "image_size")
-    assert [getattr(cfg.train, k) for k in fine_tuning] == [1.0, 0, 0.0, 0.0, 0.0, None]
+    fine_tuning = ("backbone_lr_factor", "head_epochs", "ema_decay", "mixup", "cutmix", "image_scale")
+    assert [getattr(cfg.train, k) for k in fine_tuning] == [1.0, 0, 0.0, 0.0, 0.0, 1.0]
 
 
 def test_resnet18_reference_recipe(tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def test_each_combination_trains_one_step(head: str, frozen, optimizer: str, sch
 @pytest.mark.parametrize("arch", ["mobilenet_v2", "squeezenet1_1", "convnext_tiny", "vgg11"])
 def test_fine_tuning_options_find_the_head_of_other_families(arch: str) -> None:
     """The head learns alone in epoch 1 and at the full rate; the pretrained layers join at a tenth."""
-    cfg = replace(FINE_TUNING_CFG, epochs=2, precision="fp32", image_size=None)
+    cfg = replace(FINE_TUNING_CFG, epochs=2, precision="fp32", image_scale=1.0)
     model = build_model(arch, None, CLASSES, seed=1)
     head = f"{head_name(model)}."
     before = snapshot(model)
@@ -307,8 +307,8 @@ def test_moving_average_is_what_validation_keeps_and_changes_nothing_else() -> N
             torch.testing.assert_close(value, average[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
-def test_train_image_size_crops_smaller_than_evaluation() -> None:
-    cfg = TrainConfig(epochs=1, batch_size=8, image_size=24, precision="fp32", device="cpu")
+def test_train_image_scale_crops_smaller_than_evaluation() -> None:
+    cfg = TrainConfig(epochs=1, batch_size=8, image_scale=0.75, precision="fp32", device="cpu")
     model = build_model("resnet18", None, CLASSES)
     sizes: set[tuple[bool, int]] = set()
     model.conv1.register_forward_pre_hook(lambda m, args: sizes.add((m.training, args[0].shape[-1])))
@@ -348,7 +348,7 @@ FINE_TUNING_CFG = replace(
     ema_decay=0.9,
     mixup=0.2,
     cutmix=1.0,
-    image_size=24,
+    image_scale=0.75,  # 24 px crops of the 32 px images
 )
 
 
