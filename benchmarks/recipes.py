@@ -3,10 +3,11 @@ the same split, and scored on the test photos, with and without horizontal-flip 
 augmentation (the mean of the logits of the photo and of its mirror image).
 
     uv run python benchmarks/recipes.py --arch mobilenet_v2 \\
-        --weights ../shared/weights/mobilenet_v2-imagenet.pth --recipes default tuned --seeds 0 1
+        --weights ../shared/weights/mobilenet_v2-imagenet.pth --recipes reference default --seeds 0 1
 
-A recipe is a name below or a JSON object of `train` keys over the defaults of params.yaml's
-`train` section, e.g. '{"lr": 0.01, "epochs": 5}'; `--set key=value` is the base of every recipe."""
+A recipe is `reference` (the reference report's), `default` (params.yaml's `train` section) or a
+JSON object of `train` keys over params.yaml's, e.g. '{"lr": 0.01, "epochs": 5}';
+`--set key=value` is the base of every recipe."""
 
 from __future__ import annotations
 
@@ -54,16 +55,20 @@ def main() -> None:
         default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
         help="model.weights: a state_dict file, a torchvision weights name, or null",
     )
-    parser.add_argument("--size", type=int, default=224, help="data.image_size: the evaluation crop")
+    parser.add_argument(
+        "--size", type=int, help="data.image_size, the evaluation crop (default: params.yaml's)"
+    )
     parser.add_argument("--recipes", nargs="+", default=["reference", "default"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--set", nargs="*", default=[], help="train key=value (YAML) under every recipe")
     parser.add_argument("--name", default="recipes", help="the results file's name")
     args = parser.parse_args()
     setup_logging()
-    resize = resize_size(args.size, 0.875)
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    args.size = args.size or params["data"]["image_size"]
+    resize = resize_size(args.size, params["data"]["crop_ratio"])
     data = load_prepared(args.prepared) if args.prepared else prepared(args.photos, args.work, resize)
-    defaults = yaml.safe_load((ROOT / "params.yaml").read_text())["train"]
+    defaults = params["train"]
     common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     device = resolve_device("auto")
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
