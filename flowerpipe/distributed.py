@@ -16,6 +16,7 @@ from typing import TypeVar
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from .console import log
 from .devices import resolve_device
@@ -87,6 +88,13 @@ def sum_over_processes(values: torch.Tensor) -> torch.Tensor:
     if rank_and_size()[1] > 1:
         dist.all_reduce(values)
     return values
+
+
+def same_as_main(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers copied into `module` in every process."""
+    if rank_and_size()[1] > 1:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def from_main(obj: T) -> T:

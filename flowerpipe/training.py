@@ -37,7 +37,7 @@ from .atomic import atomic_path
 from .config import TrainConfig
 from .console import log, progress
 from .devices import autocast_dtype
-from .distributed import from_main, rank_and_size, sum_over_processes
+from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from .errors import ConfigError, FlowerpipeError
 from .evaluation import predict_logits
 from .models import backbone_modules, freeze, head_name, num_outputs, train_mode
@@ -248,6 +248,8 @@ def fit(
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
         feed.train_mode(eval_modules)
         train_loss, train_acc, seen = _train_epoch(run, feed, net, train_y, order, batches, first_step)
+        if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
+            same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
         train_seconds = time.perf_counter() - start
         val_loss, val_acc = _validate(run, feed, val_y, len(val_idx))
         metrics = {

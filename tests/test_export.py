@@ -106,11 +106,17 @@ def test_parity_fails_on_top1_disagreement(
         changed.fc.bias[0] += 1000.0  # PyTorch now always says daisy
     onnx_top1 = run_ort(onnx_model, to_model_input(center_crop(images, IMAGE_SIZE))).argmax(1)
     assert (onnx_top1 != 0).any()  # so top-1 must disagree somewhere
-    with pytest.raises(ParityError, match="top-1 agreement"):
-        # tolerances so loose that only the agreement check can fail
-        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, 1e9, 1e9, 1.0)
-    result = export.check_parity(changed, onnx_model, images, IMAGE_SIZE, 1e9, 1e9, 0.0)
-    assert result["top1_agreement"] == pytest.approx(float((onnx_top1 == 0).mean()))
+    agreement = float((onnx_top1 == 0).mean())
+    with pytest.raises(ParityError, match=f"top-1 agreement {agreement:.2%}"):
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+
+
+def test_top1_classes_tied_within_the_tolerance_agree() -> None:
+    expected = np.array([[1.0, 1.0 + 1e-7, 0.0], [2.0, 0.0, 1.0], [0.0, 1.0, 0.9]])
+    actual = np.array([[1.0 + 2e-7, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.9, 1.0]])
+    assert export.top1_agreements(expected, expected, rtol=0.0, atol=0.0) == 3
+    assert export.top1_agreements(actual, expected, rtol=1e-3, atol=1e-5) == 1  # the first row's tie
+    assert export.top1_agreements(actual, expected, rtol=0.0, atol=0.2) == 2  # 0.9 is within 0.2 of 1
 
 
 def test_metadata_without_provenance() -> None:

@@ -100,7 +100,7 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert run["torch"] == torch.__version__ and run["device"].startswith("cpu: ")
     assert run["precision"] in ("float32", "bfloat16") and run["python"] == platform.python_version()
     config = repo.json("results/train/config.json")  # resolved: defaults included
-    assert config["train"]["epochs"] == 2 and config["train"]["scheduler"] == "none"
+    assert config["train"]["epochs"] == 2 and config["train"]["scheduler"] == "warmup_cosine"
     shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
     assert next(iter(shown.values()))["data"]["results/train/run.json"]["data"]["data_sha256"] == manifest
     logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
@@ -395,6 +395,8 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
         "train.epochs=1",
         "-S",
         "train.head_epochs=0",
+        "-S",
+        "train.backbone_lr_factor=1.0",
     )
     assert stages_run(done.stdout) == list(STAGES)
     prepared = repo.json("results/prepare/metrics.json")
