@@ -85,6 +85,10 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert set(int8["test_accuracy"]) == {"fp32", "int8"} and int8["calibration_images"] == 16
     assert int8["test_accuracy"]["fp32"] == pytest.approx(test["accuracy"])  # ONNX Runtime = PyTorch
     assert {"pytorch_eager", "onnxruntime_fp32", "onnxruntime_int8"} <= set(int8["latency"])
+    assert int8["largest_int8_weight"] <= 64 and int8["chosen"] == int8["search"][-1]
+    assert int8["faster_than_fp32"] == (int8["batch1_speedup_over_onnxruntime_fp32"] > 1)
+    int8_meta = ort.InferenceSession(str(repo.path / "models/model.int8.onnx")).get_modelmeta()
+    assert json.loads(int8_meta.custom_metadata_map["quantization_settings"]) == int8["chosen"]
 
     session = ort.InferenceSession(str(repo.path / "models/model.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
@@ -418,7 +422,8 @@ def test_real_imagenet_weights_through_dvc_repro(
     tmp_path: Path, real_photos: Path, real_weights: Path
 ) -> None:
     """MobileNetV2 from the real ImageNet weights, frozen, its features computed once, a linear head
-    trained on them through `dvc repro`: a test accuracy that only pretrained features give."""
+    trained on them through `dvc repro`: a test accuracy that only pretrained features give, and an
+    int8 model within a point of it."""
     repo = DvcRepo(tmp_path / "repo")
     repo.set_params(
         {
@@ -427,7 +432,10 @@ def test_real_imagenet_weights_through_dvc_repro(
             "train": {"freeze": "backbone", "augment": [], "mixup": 0.0, "cutmix": 0.0},
         }
     )
-    done = repo.dvc("repro", "evaluate")
-    assert stages_run(done.stdout) == ["prepare", "train", "evaluate"]
+    done = repo.dvc("repro")
+    assert stages_run(done.stdout) == list(STAGES)
     assert "features of 3149 images computed once" in done.stderr
     assert repo.json("results/evaluate/metrics.json")["test"]["accuracy"] >= 0.90
+    int8 = repo.json("results/export/int8.json")  # the default gate and search, on the real photos
+    assert int8["test_accuracy"]["fp32"] - int8["test_accuracy"]["int8"] <= 0.01
+    assert int8["largest_int8_weight"] <= 64

@@ -1,23 +1,32 @@
-"""int8 static quantization: QDQ with per-channel weights, calibrated, and refused when it costs accuracy."""
+"""int8 static quantization: QDQ with 7-bit per-channel weights, calibrated, searched over ONNX Runtime's
+settings until the accuracy holds, and refused when none keeps it."""
 
 from __future__ import annotations
 
+import copy
+import json
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
-from conftest import IMAGE_SIZE, noisy_squares
+import torch
+from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 from onnx import numpy_helper
 
+from flowerpipe import export
 from flowerpipe.errors import QuantizationError
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import center_crop
 from flowerpipe.quantize import (
+    METHODS,
+    WEIGHT_LIMIT,
     accuracy,
     calibration_indices,
     check_accuracy_drop,
+    largest_int8_weight,
     quantize_int8,
+    search_int8,
 )
 
 
@@ -62,7 +71,21 @@ def test_int8_model_keeps_the_metadata(onnx_model: Path, int8_model: Path) -> No
     fp32, int8 = Predictor(onnx_model), Predictor(int8_model)
     assert int8.classes == fp32.classes and int8.image_size == fp32.image_size
     assert {k: v for k, v in int8.metadata.items() if k != "quantization"} == fp32.metadata
-    assert "calibrated on 64 images" in int8.metadata["quantization"]
+    assert "MinMax calibration on 64 images" in int8.metadata["quantization"]
+
+
+def test_int8_weights_cannot_saturate_16_bit_pair_sums(
+    onnx_model: Path, int8_model: Path, tmp_path: Path
+) -> None:
+    """Read from the file, so it holds wherever the model runs: CPUs without VNNI sum two u8 x s8
+    products in 16 bits, which 7-bit weights cannot overflow (2 * 255 * 64 < 2**15)."""
+    assert 2 * 255 * WEIGHT_LIMIT < 2**15
+    assert largest_int8_weight(int8_model) == WEIGHT_LIMIT  # the full 7-bit range, no more
+    eight_bit = tmp_path / "8bit.onnx"
+    quantize_int8(
+        onnx_model, eight_bit, center_crop(noisy_squares(16, seed=3), IMAGE_SIZE), reduce_range=False
+    )
+    assert largest_int8_weight(eight_bit) == 127
 
 
 def test_calibrated_int8_keeps_the_accuracy(
@@ -110,3 +133,71 @@ def test_calibration_sample_is_seeded_and_from_the_given_indices() -> None:
     assert np.all(np.diff(sample) > 0)  # in order, no repeats
     assert np.array_equal(sample, calibration_indices(train, 50))
     assert np.array_equal(calibration_indices(train, 10_000), train)  # fewer photos than asked: all
+
+
+def calibrated_on(count: int) -> np.ndarray:
+    return center_crop(noisy_squares(count, seed=3), IMAGE_SIZE)
+
+
+def test_search_keeps_the_first_setting_that_passes(
+    onnx_model: Path, tmp_path: Path, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    crops, labels = test_set
+    path = tmp_path / "model.int8.onnx"
+    found = search_int8(onnx_model, path, calibrated_on, crops, labels, 3.0, 64)
+    assert [(t["method"], t["calibration_images"]) for t in found["search"]] == [("MinMax", 64)]
+    assert found["chosen"] == found["search"][0] and found["chosen"]["excluded_nodes"] == []
+    assert found["val_accuracy"] == {"fp32": 1.0, "int8": accuracy(path, crops, labels)}
+    assert json.loads(Predictor(path).metadata["quantization_settings"]) == found["chosen"]
+
+
+@pytest.fixture(scope="module")
+def outlier_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`classifier` with one channel between layer1.0's convolutions scaled up 1000 times and scaled
+    back down by the next convolution: the same function, but that tensor's int8 range is so wide
+    that its other channels round to a step or two (the outlier channels of real networks)."""
+    net = copy.deepcopy(classifier)
+    with torch.no_grad():
+        block = net.layer1[0]
+        block.bn1.weight[0] *= 1000
+        block.bn1.bias[0] *= 1000
+        block.conv2.weight[:, 0] /= 1000
+    path = tmp_path_factory.mktemp("outlier") / "model.onnx"
+    export.export_onnx(
+        net, path, IMAGE_SIZE, export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE)
+    )
+    return path
+
+
+def test_search_leaves_the_nodes_an_outlier_breaks_in_float(outlier_model: Path, tmp_path: Path) -> None:
+    crops = center_crop(noisy_squares(150, seed=2), IMAGE_SIZE)
+    labels = Predictor(outlier_model).logits(crops).argmax(1)
+    path = tmp_path / "model.int8.onnx"
+    found = search_int8(outlier_model, path, calibrated_on, crops, labels, 1.0, 64)
+    calibrations = [(t["method"], t["calibration_images"]) for t in found["search"][:4]]
+    assert calibrations == [("MinMax", 64), ("MinMax", 256), ("Percentile", 64), ("Entropy", 64)]
+    assert all(t["val_drop_points"] > 30 for t in found["search"][:4])  # no calibration copes
+    conv2 = next(
+        n.name for n in onnx.load(str(outlier_model)).graph.node if "layer1.0.conv2.weight" in n.input
+    )
+    excluded = found["chosen"]["excluded_nodes"]
+    assert excluded[0] == conv2 and found["chosen"]["val_drop_points"] <= 1.0
+    assert found["search"][-1] == found["chosen"] and len(found["search"]) > 4
+    assert f"{len(excluded)} nodes left in float" in Predictor(path).metadata["quantization"]
+    assert accuracy(path, crops, labels) == found["val_accuracy"]["int8"]
+
+
+def test_search_refuses_when_no_setting_keeps_the_accuracy(
+    onnx_model: Path, tmp_path: Path, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    crops, labels = test_set
+    path = tmp_path / "model.int8.onnx"
+    grey = np.full((256, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
+    with pytest.raises(QuantizationError) as info:
+        search_int8(onnx_model, path, lambda n: grey[:n], crops, labels, 1.0, 16, shown_as="models/m.onnx")
+    message = str(info.value)
+    assert message.startswith(
+        "models/m.onnx: no int8 model kept the val accuracy within 1 points of fp32 100.00%"
+    )
+    assert f"in {len(METHODS) + 1 + 4} settings; the best" in message
+    assert not path.exists()
