@@ -52,15 +52,15 @@ def main() -> None:
 
     test, val = data.indices("test"), data.indices("val")
     test_x, test_y, val_x, val_y = crops(test), data.labels[test], crops(val), data.labels[val]
-    settings = {"8-bit weights, MinMax (before)": (Setting(), False)}
-    settings |= {f"7-bit weights, {m}": (Setting(m), True) for m in METHODS}
+    settings = {"8-bit weights, MinMax (before)": Setting(weight_bits=8)}
+    settings |= {f"7-bit weights, {m}": Setting(m) for m in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = Path(tmp) / "model.onnx"
         export_onnx(model, fp32, size, onnx_metadata(data.classes, arch, size, resize))
         files, sample = {"fp32": fp32}, calibration(args.calibration_images)
-        for i, (name, (setting, seven_bit)) in enumerate(settings.items()):
+        for i, (name, setting) in enumerate(settings.items()):
             files[name] = Path(tmp) / f"{i}.onnx"
-            quantize_int8(fp32, files[name], sample, setting, reduce_range=seven_bit)
+            quantize_int8(fp32, files[name], sample, setting)
         chosen = Path(tmp) / "chosen.onnx"
         search = search_int8(fp32, chosen, calibration, val_x, val_y, args.max_drop, args.calibration_images)
         files["the stage's choice"] = chosen

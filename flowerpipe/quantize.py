@@ -46,8 +46,8 @@ from .preprocess import to_model_input
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
 METHODS = ("MinMax", "Percentile", "Entropy")
 MORE_CALIBRATION = 4  # the search's larger calibration sample, times export.calibration_images
-# The search's calibrations, cheapest first (histogram methods take 7-11x MinMax's time): method,
-# and the sample as a multiple of export.calibration_images.
+# The search's calibrations, cheapest first (Percentile took 11-13x MinMax's time on MobileNetV2):
+# method, and the sample as a multiple of export.calibration_images.
 SEARCH = (("MinMax", 1), ("MinMax", MORE_CALIBRATION), ("Percentile", 1), ("Entropy", 1))
 EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search leaves in float
 WEIGHTED = ("Conv", "Gemm", "MatMul")
@@ -61,11 +61,12 @@ class Setting:
     method: str = "MinMax"
     calibration_images: int = 256
     excluded_nodes: tuple[str, ...] = ()
+    weight_bits: int = 7  # 8 saturates on CPUs without VNNI: only for comparisons
 
     def describe(self) -> str:
         floats = f", {len(self.excluded_nodes)} nodes left in float" if self.excluded_nodes else ""
         return (
-            f"static int8, QDQ, 7-bit per-channel weights, {self.method} calibration "
+            f"static int8, QDQ, {self.weight_bits}-bit per-channel weights, {self.method} calibration "
             f"on {self.calibration_images} images{floats}"
         )
 
@@ -98,34 +99,39 @@ def quantize_int8(
     calibration: np.ndarray,
     setting: Setting | None = None,
     cache: Path | None = None,
-    reduce_range: bool = True,
+    prepared: Path | None = None,
     batch_size: int = 8,
 ) -> None:
     """Write the int8 version of the flowerpipe model at `fp32_path`, calibrated on `calibration`
     (uint8 NHWC crops of the model's input size) as `setting` says, with the fp32 model's metadata.
-    `cache` keeps the calibrated ranges for the next call with the same method and crops.
-    `reduce_range=False` (8-bit weights, which saturate on CPUs without VNNI) is for comparisons."""
+    `cache` keeps the calibrated ranges for the next call with the same method and crops;
+    `prepared` is the model `pre_process` made of `fp32_path`, when the caller has it."""
     setting = replace(setting or Setting(), calibration_images=len(calibration))
     fp32 = Predictor(fp32_path)
-    with tempfile.TemporaryDirectory() as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quant_pre_process(str(fp32_path), str(prepared))  # fold and infer shapes first
-        with contextlib.redirect_stdout(io.StringIO()):  # ONNX Runtime prints a line per batch
-            quantize_static(
-                prepared,
-                int8_path,
-                _Batches(fp32, calibration, batch_size),
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                reduce_range=reduce_range,
-                activation_type=QuantType.QUInt8,
-                weight_type=QuantType.QInt8,
-                calibrate_method=CalibrationMethod[setting.method],
-                nodes_to_exclude=list(setting.excluded_nodes),
-                extra_options={"CalibStridedMinMax": 1},  # one batch at a time, whatever the method
-                calibration_cache_path=cache,
-            )
+    # ONNX Runtime prints a line per calibration batch
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        quantize_static(
+            prepared or pre_process(fp32_path, Path(tmp)),
+            int8_path,
+            _Batches(fp32, calibration, batch_size),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            reduce_range=setting.weight_bits == 7,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            calibrate_method=CalibrationMethod[setting.method],
+            nodes_to_exclude=list(setting.excluded_nodes),
+            extra_options={"CalibStridedMinMax": 1},  # one batch at a time, whatever the method
+            calibration_cache_path=cache,
+        )
     _set_metadata(int8_path, {**fp32.metadata, "quantization": setting.describe()})
+
+
+def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> Path:
+    """The model at `fp32_path` folded and shape-inferred for quantization, written in `folder`."""
+    prepared = folder / "prepared.onnx"
+    quant_pre_process(str(fp32_path), str(prepared))
+    return prepared
 
 
 def _set_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> None:
@@ -187,12 +193,13 @@ def search_int8(
     fp32_val = accuracy(fp32_path, val_crops, val_labels)
     tried: list[_Tried] = []
     with tempfile.TemporaryDirectory() as tmp:
+        prepared = pre_process(fp32_path, Path(tmp))  # once for every try
 
         def passes(setting: Setting, crops: np.ndarray) -> bool:
             setting = replace(setting, calibration_images=len(crops))
             path, start = Path(tmp) / f"{len(tried)}.onnx", time.perf_counter()
             cache = Path(tmp) / f"{setting.method}-{len(crops)}.json"  # ranges reused by later tries
-            quantize_int8(fp32_path, path, crops, setting, cache=cache)
+            quantize_int8(fp32_path, path, crops, setting, cache=cache, prepared=prepared)
             val = accuracy(path, val_crops, val_labels)
             tried.append(_Tried(setting, val, drop_points(fp32_val, val), time.perf_counter() - start, path))
             drop = tried[-1].val_drop_points
@@ -204,13 +211,11 @@ def search_int8(
 
         samples = {1: calibration(calibration_images)}
         samples[MORE_CALIBRATION] = calibration(calibration_images * MORE_CALIBRATION)
-        found = False
-        for method, times in SEARCH:  # stops at the first setting that passes
-            more_photos = times == 1 or len(samples[times]) > len(samples[1])
-            found = found or (more_photos and passes(Setting(method), samples[times]))
+        tries = [(m, samples[t]) for m, t in SEARCH if t == 1 or len(samples[t]) > len(samples[1])]
+        found = any(passes(Setting(method), crops) for method, crops in tries)  # stops at a pass
         if not found:
             start = best()
-            ranked = sensitive_nodes(fp32_path, start.path, val_crops[:SENSITIVITY_IMAGES])
+            ranked = sensitive_nodes(fp32_path, prepared, start.path, val_crops[:SENSITIVITY_IMAGES])
             crops = next(c for c in samples.values() if len(c) == start.setting.calibration_images)
             floats = [sum(ranked[:k], ()) for k in EXCLUDED_STEPS if k <= len(ranked)]
             found = any(passes(replace(start.setting, excluded_nodes=f), crops) for f in floats)
@@ -231,22 +236,22 @@ def search_int8(
 
 
 def sensitive_nodes(
-    fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str], crops: np.ndarray
+    fp32_path: str | os.PathLike[str], prepared: Path, int8_path: str | os.PathLike[str], crops: np.ndarray
 ) -> list[tuple[str, ...]]:
-    """The weighted nodes (Conv, Gemm, MatMul) of the fp32 model, the one whose output loses the most
-    signal to quantization first: the fall of the signal-to-quantization-noise ratio (dB, int8
-    against fp32 activations on `crops`) from the node's input to its output. Each comes with the
-    nodes that make its input, through activations (Relu, Clip) up to the weighted node before: for
-    the input to stay in float, its producers must too."""
+    """The weighted nodes (Conv, Gemm, MatMul) of the fp32 model (`prepared`: as `pre_process` made
+    it), the one whose output loses the most signal to quantization first: the fall of the
+    signal-to-quantization-noise ratio (dB, int8 against fp32 activations on `crops`) from the
+    node's input to its output. Each comes with the nodes that make its input, through activations
+    (Relu, Clip) up to the weighted node before: for the input to stay in float, its producers
+    must too."""
     fp32 = Predictor(fp32_path)
     with tempfile.TemporaryDirectory() as tmp:
-        prepared, float_aug, int8_aug = (str(Path(tmp) / n) for n in ("p.onnx", "f.onnx", "q.onnx"))
-        quant_pre_process(str(fp32_path), prepared)
+        float_aug, int8_aug = str(Path(tmp) / "f.onnx"), str(Path(tmp) / "q.onnx")
         modify_model_output_intermediate_tensors(prepared, float_aug)
         modify_model_output_intermediate_tensors(str(int8_path), int8_aug)
         float_acts = collect_activations(float_aug, _Batches(fp32, crops, 8))
         int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, 8))
-        nodes = onnx.load(prepared).graph.node
+        nodes = onnx.load(str(prepared)).graph.node
     errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
     sqnr = {name: e["xmodel_err"] for name, e in errors.items()}
     clean = max(sqnr.values())  # the graph's input carries no quantization noise of its own

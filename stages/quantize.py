@@ -32,14 +32,14 @@ def main() -> None:
     model, meta = load_trained("models/best.pt")
     size = meta["image_size"]
 
-    def crops(split: str) -> tuple[np.ndarray, np.ndarray]:
-        indices = data.indices(split)
-        return center_crop(np.asarray(data.images[indices]), size), data.labels[indices]
+    def crops(indices: np.ndarray) -> np.ndarray:
+        return center_crop(np.asarray(data.images[indices]), size)
 
     def calibration(count: int) -> np.ndarray:
-        return center_crop(np.asarray(data.images[calibration_indices(data.indices("train"), count)]), size)
+        return crops(calibration_indices(data.indices("train"), count))
 
-    (val_x, val_y), (test_x, test_y) = crops("val"), crops("test")
+    val, test = data.indices("val"), data.indices("test")
+    val_x, val_y, test_x, test_y = crops(val), data.labels[val], crops(test), data.labels[test]
     max_drop, path = cfg.export.max_accuracy_drop, f"models/model.{kind}.onnx"
     with atomic_path(path) as tmp:
         found = search_int8(

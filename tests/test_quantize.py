@@ -21,6 +21,7 @@ from flowerpipe.preprocess import center_crop
 from flowerpipe.quantize import (
     METHODS,
     WEIGHT_LIMIT,
+    Setting,
     accuracy,
     calibration_indices,
     check_accuracy_drop,
@@ -83,7 +84,7 @@ def test_int8_weights_cannot_saturate_16_bit_pair_sums(
     assert largest_int8_weight(int8_model) == WEIGHT_LIMIT  # the full 7-bit range, no more
     eight_bit = tmp_path / "8bit.onnx"
     quantize_int8(
-        onnx_model, eight_bit, center_crop(noisy_squares(16, seed=3), IMAGE_SIZE), reduce_range=False
+        onnx_model, eight_bit, center_crop(noisy_squares(16, seed=3), IMAGE_SIZE), Setting(weight_bits=8)
     )
     assert largest_int8_weight(eight_bit) == 127
 
