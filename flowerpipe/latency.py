@@ -19,16 +19,23 @@ from .preprocess import to_model_input
 BATCH = 32
 
 
-def _seconds(call: Callable[[], object], warmup: int, runs: int) -> float:
-    """Median wall time of `runs` calls after `warmup` untimed ones."""
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def median_seconds(
+    calls: Mapping[str, Callable[[], object]], warmup: int, runs: int, rounds: int = 5
+) -> dict[str, float]:
+    """Median wall time of each call over `runs` timed calls after `warmup` untimed ones. The calls
+    take turns, `runs / rounds` at a time, so that a slow spell of a shared machine falls on all of
+    them alike and their ratios hold."""
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for turn in range(rounds):
+        for name, call in calls.items():
+            for _ in range(runs * (turn + 1) // rounds - runs * turn // rounds):
+                start = time.perf_counter()
+                call()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(spent) for name, spent in times.items()}
 
 
 def measure_latency(
@@ -53,13 +60,13 @@ def measure_latency(
     engines: dict[str, Callable[[np.ndarray], object]] = {"pytorch_eager": eager}
     for name, path in onnx_models.items():
         engines[f"onnxruntime_{name}"] = Predictor(path, threads=threads).logits
+    one = median_seconds({name: lambda run=run: run(batch[:1]) for name, run in engines.items()}, 10, runs)
+    many = median_seconds({name: lambda run=run: run(batch) for name, run in engines.items()}, 2, batch_runs)
     result: dict[str, Any] = {"threads": threads}
-    for name, run in engines.items():
-        one = _seconds(lambda run=run: run(batch[:1]), warmup=10, runs=runs)
-        many = _seconds(lambda run=run: run(batch), warmup=2, runs=batch_runs)
+    for name in engines:
         result[name] = {
-            "batch1_ms": round(1000 * one, 3),
-            "batch32_images_per_second": round(BATCH / many, 1),
+            "batch1_ms": round(1000 * one[name], 3),
+            "batch32_images_per_second": round(BATCH / many[name], 1),
         }
     base = result["pytorch_eager"]
     for name in engines:

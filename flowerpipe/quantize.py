@@ -9,6 +9,7 @@ saturate, so the file scores the same on every x86 CPU, whichever built it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
 import math
@@ -46,9 +47,11 @@ from .preprocess import to_model_input
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
 METHODS = ("MinMax", "Percentile", "Entropy")
 MORE_CALIBRATION = 4  # the search's larger calibration sample, times export.calibration_images
-# The search's calibrations, cheapest first (Percentile took 11-13x MinMax's time on MobileNetV2):
-# method, and the sample as a multiple of export.calibration_images.
-SEARCH = (("MinMax", 1), ("MinMax", MORE_CALIBRATION), ("Percentile", 1), ("Entropy", 1))
+# The search's calibrations in order: method, and the sample as a multiple of
+# export.calibration_images. More photos only widen MinMax's ranges (its sample holds the smaller
+# one), which helps when the small sample missed real extremes, and MinMax's usual fault is ranges
+# too wide for the bulk of the values, which Percentile and Entropy clip: so it comes last.
+SEARCH = (("MinMax", 1), ("Percentile", 1), ("Entropy", 1), ("MinMax", MORE_CALIBRATION))
 EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search leaves in float
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 32  # val photos whose activations rank the nodes
@@ -209,14 +212,17 @@ def search_int8(
         def best() -> _Tried:
             return min(tried, key=lambda t: t.val_drop_points)
 
-        samples = {1: calibration(calibration_images)}
-        samples[MORE_CALIBRATION] = calibration(calibration_images * MORE_CALIBRATION)
-        tries = [(m, samples[t]) for m, t in SEARCH if t == 1 or len(samples[t]) > len(samples[1])]
-        found = any(passes(Setting(method), crops) for method, crops in tries)  # stops at a pass
+        @functools.cache  # cropped when first tried: the search mostly stops before the larger one
+        def sample(times: int) -> np.ndarray:
+            return calibration(calibration_images * times)
+
+        tries = ((m, t) for m, t in SEARCH if t == 1 or len(sample(t)) > len(sample(1)))
+        found = any(passes(Setting(method), sample(t)) for method, t in tries)  # stops at a pass
         if not found:
             start = best()
             ranked = sensitive_nodes(fp32_path, prepared, start.path, val_crops[:SENSITIVITY_IMAGES])
-            crops = next(c for c in samples.values() if len(c) == start.setting.calibration_images)
+            small = len(sample(1)) == start.setting.calibration_images
+            crops = sample(1) if small else sample(MORE_CALIBRATION)
             floats = [sum(ranked[:k], ()) for k in EXCLUDED_STEPS if k <= len(ranked)]
             found = any(passes(replace(start.setting, excluded_nodes=f), crops) for f in floats)
         chosen = tried[-1] if found else best()

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from conftest import IMAGE_SIZE, noisy_squares
 
-from flowerpipe.latency import measure_latency
+from flowerpipe.latency import measure_latency, median_seconds
 from flowerpipe.preprocess import center_crop
 
 
@@ -26,3 +26,11 @@ def test_latency_of_every_engine(classifier: torch.nn.Module, onnx_model: Path) 
         assert abs(stats["batch1_speedup"] - ratio) <= 0.01
         ratio = stats["batch32_images_per_second"] / result["pytorch_eager"]["batch32_images_per_second"]
         assert abs(stats["batch32_speedup"] - ratio) <= 0.01
+
+
+def test_engines_take_turns_so_a_slow_spell_falls_on_all() -> None:
+    order: list[str] = []
+    calls = {name: lambda name=name: order.append(name) for name in ("a", "b")}
+    seconds = median_seconds(calls, warmup=1, runs=7, rounds=3)
+    assert set(seconds) == {"a", "b"} and all(s >= 0 for s in seconds.values())
+    assert order == ["a", "b"] + ["a"] * 2 + ["b"] * 2 + ["a"] * 2 + ["b"] * 2 + ["a"] * 3 + ["b"] * 3

@@ -112,15 +112,19 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
 
     # the deploy command, without torch, says what evaluate said of each test photo
     source = Path(yaml.safe_load((repo.path / "params.yaml").read_text())["data"]["source"])
-    done = repo.run(
-        sys.executable,
-        "-m",
-        "flowerpipe.cli",
-        "predict",
-        "models/model.onnx",
-        *(str(source / row["path"]) for row in rows),
-    )
-    assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == [r["predicted"] for r in rows]
+    photos = [str(source / row["path"]) for row in rows]
+
+    def predict(model: str) -> list[dict]:
+        done = repo.run(sys.executable, "-m", "flowerpipe.cli", "predict", model, *photos)
+        return [json.loads(line) for line in done.stdout.splitlines()]
+
+    answers = predict("models/model.onnx")
+    assert [answer["label"] for answer in answers] == [r["predicted"] for r in rows]
+    # and the int8 model the same way: answers of the same form, right as often as quantize measured
+    int8_answers = predict("models/model.int8.onnx")
+    assert [set(answer) for answer in int8_answers] == [set(answer) for answer in answers]
+    right = [answer["label"] == row["actual"] for answer, row in zip(int8_answers, rows, strict=True)]
+    assert np.mean(right) == pytest.approx(int8["test_accuracy"]["int8"])
 
     again = repo.dvc("repro")
     assert stages_run(again.stdout) == []
