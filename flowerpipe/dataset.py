@@ -8,10 +8,12 @@ the same order), `dataset.json` (classes and sizes) and `report.json` (skipped f
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import io
 import json
 import os
+import stat
 import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -57,22 +59,49 @@ def is_hidden(name: str) -> bool:
     return name.startswith(".") or name == "__MACOSX"
 
 
+def unreadable(path: Path, exc: OSError) -> str:
+    """Why `path` could not be opened, in words: a broken link, a link loop, permission denied..."""
+    if path.is_symlink() and not path.exists() and exc.errno == errno.ENOENT:
+        return "broken link"
+    return f"cannot be read ({exc.strerror or exc})"
+
+
 def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
-    """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files."""
+    """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files and
+    folders. A folder that cannot be listed is skipped, and links to folders are not followed
+    (a class folder may itself be a link)."""
     classes, files, skipped = [], [], []
-    for entry in sorted(root.iterdir()):
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise DataError(f"{root}: {unreadable(root, exc)}") from None
+    for entry in entries:
         rel = entry.name
         if is_hidden(entry.name):
             skipped.append(Skipped(rel + "/", "hidden folder") if entry.is_dir() else Skipped(rel, "hidden"))
         elif not entry.is_dir():
             skipped.append(Skipped(rel, "not inside a class folder"))
         else:
+            try:
+                os.listdir(entry)
+            except OSError as exc:
+                skipped.append(Skipped(rel + "/", f"folder {unreadable(entry, exc)}"))
+                continue
             classes.append(entry.name)
-            for dirpath, dirnames, filenames in os.walk(entry):
+
+            def unlisted(exc: OSError) -> None:
+                folder = Path(exc.filename)
+                skipped.append(
+                    Skipped(folder.relative_to(root).as_posix() + "/", f"folder {unreadable(folder, exc)}")
+                )
+
+            for dirpath, dirnames, filenames in os.walk(entry, onerror=unlisted):
                 here = Path(dirpath).relative_to(root)
                 for d in sorted(dirnames):
                     if is_hidden(d):
                         skipped.append(Skipped((here / d).as_posix() + "/", "hidden folder"))
+                    elif (Path(dirpath) / d).is_symlink():
+                        skipped.append(Skipped((here / d).as_posix() + "/", "link to a folder, not followed"))
                 dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
                 for name in sorted(filenames):
                     relpath = (here / name).as_posix()
@@ -86,16 +115,22 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
 
 
 def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int]:
-    """(sha256, uint8 square, width, height) of one photo; raises ValueError with the reason."""
-    data = path.read_bytes()
+    """(sha256, uint8 square, width, height) of one photo; raises ValueError with the reason. The
+    file is read once, so it cannot change between its hash and its pixels."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
+            raise ValueError("not a regular file")
+        data = path.read_bytes()
+    except OSError as exc:  # gone since the scan, a broken link or loop, permission denied
+        raise ValueError(unreadable(path, exc)) from None
     if not data:
         raise ValueError("empty file")
     try:
-        with Image.open(path) as probe:
+        with Image.open(io.BytesIO(data)) as probe:
             width, height = probe.size
             if probe.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # stored sideways
                 width, height = height, width
-        square = preprocess.fit_square(preprocess.load_rgb(path, draft_size=resize), resize)
+        square = preprocess.fit_square(preprocess.load_rgb(io.BytesIO(data), draft_size=resize), resize)
     except UnidentifiedImageError:
         raise ValueError("not a readable image") from None
     except Image.DecompressionBombError as exc:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -318,3 +320,88 @@ def test_center_crop_and_model_input() -> None:
     expected = (1 - np.array(preprocess.MEAN)) / np.array(preprocess.STD)
     np.testing.assert_allclose(x[0, :, 0, 0], expected, rtol=1e-6)
     assert preprocess.resize_size(224, 0.875) == 256
+
+
+def test_links_that_go_nowhere_are_skipped_with_reasons(photos: Path, tmp_path: Path) -> None:
+    (photos / "daisy/broken.jpg").symlink_to(photos / "daisy/gone.jpg")
+    (photos / "daisy/loop_a.jpg").symlink_to("loop_b.jpg")
+    (photos / "daisy/loop_b.jpg").symlink_to("loop_a.jpg")
+    (photos / "roses/linked.jpg").symlink_to(photos / "roses/roses_000.jpg")  # a link that works
+    (photos / "roses/more").symlink_to(photos / "dandelion", target_is_directory=True)
+    os.mkfifo(photos / "daisy/pipe.jpg")  # reading it would wait for a writer forever
+    out = tmp_path / "prepared"
+    metrics = prepare(photos, out)
+    reasons = skipped_reasons(out)
+    assert reasons == {
+        "daisy/broken.jpg": "broken link",
+        "daisy/loop_a.jpg": "cannot be read (Too many levels of symbolic links)",
+        "daisy/loop_b.jpg": "cannot be read (Too many levels of symbolic links)",
+        "daisy/pipe.jpg": "not a regular file",
+        "roses/more/": "link to a folder, not followed",
+    }
+    assert metrics["images"] == 3 * 24 + 1
+    assert "roses/linked.jpg" in {row["relpath"] for row in read_manifest(out)}
+
+
+def test_a_photo_deleted_after_the_scan_is_skipped(photos: Path, tmp_path: Path, monkeypatch) -> None:
+    scan = dataset.scan
+
+    def scan_then_delete(root: Path):
+        found = scan(root)
+        (root / "roses/roses_003.jpg").unlink()  # between the scan and the decode
+        return found
+
+    monkeypatch.setattr(dataset, "scan", scan_then_delete)
+    out = tmp_path / "prepared"
+    metrics = prepare(photos, out)
+    assert skipped_reasons(out) == {"roses/roses_003.jpg": "cannot be read (No such file or directory)"}
+    assert metrics["images"] == 3 * 24 - 1
+
+
+def _as_unprivileged(queue, call, args) -> None:
+    if os.geteuid() == 0:  # root reads whatever the permissions say: be nobody
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        queue.put(call(*args))
+    except Exception as exc:  # handed to the test, which raises it
+        queue.put(exc)
+
+
+def unprivileged(call, *args):
+    """`call(*args)` in a forked process that file permissions bind, even when the tests run as
+    root; what it returns or raises comes back."""
+    Image.init()  # every PIL plugin loaded before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_as_unprivileged, args=(queue, call, args))
+    child.start()
+    result = queue.get(timeout=300)
+    child.join()
+    if isinstance(result, Exception):
+        raise result
+    return result
+
+
+def test_unreadable_files_and_folders_are_skipped_with_reasons() -> None:
+    with tempfile.TemporaryDirectory() as scratch:  # not under tmp_path, whose parents are private
+        base = Path(scratch)
+        base.chmod(0o777)
+        photos = make_photos(base / "photos", per_class=12)
+        (photos / "daisy/secret.jpg").write_bytes((photos / "daisy/daisy_000.jpg").read_bytes())
+        (photos / "daisy/secret.jpg").chmod(0)
+        (photos / "roses/locked").mkdir()
+        shutil.copy(photos / "roses/roses_000.jpg", photos / "roses/locked/inside.jpg")
+        (photos / "roses/locked").chmod(0)
+        shutil.copytree(photos / "roses", photos / "tulips", ignore=shutil.ignore_patterns("locked"))
+        (photos / "tulips").chmod(0)  # a whole class folder
+        out = base / "prepared"
+        metrics = unprivileged(prepare, photos, out)
+        reasons = skipped_reasons(out)
+    assert reasons == {
+        "daisy/secret.jpg": "cannot be read (Permission denied)",
+        "roses/locked/": "folder cannot be read (Permission denied)",
+        "tulips/": "folder cannot be read (Permission denied)",
+    }
+    assert set(metrics["counts"]["train"]) == {"daisy", "dandelion", "roses"}
+    assert metrics["images"] == 3 * 12
