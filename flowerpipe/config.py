@@ -20,6 +20,8 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZATIONS = ("int8",)
+LABEL_CONFLICTS = ("keep", "drop")
+MAX_NEAR_DUPLICATES = 16  # of the difference hash's 64 bits: beyond, unrelated photos match
 
 
 def _default_augment() -> list[dict[str, dict[str, Any]]]:
@@ -32,6 +34,7 @@ class DataConfig:
     sha256: str | None = None
     image_size: int = 224
     crop_ratio: float = 0.875
+    label_conflicts: str = "keep"
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source", "must name a URL, an archive or a folder")
@@ -40,6 +43,11 @@ class DataConfig:
             _check(ok, "data.sha256", "must be 64 hex digits or null")
         _check(16 <= self.image_size <= 1024, "data.image_size", "must be between 16 and 1024")
         _check(0.5 <= self.crop_ratio <= 1.0, "data.crop_ratio", "must be between 0.5 and 1.0")
+        _check(
+            self.label_conflicts in LABEL_CONFLICTS,
+            "data.label_conflicts",
+            f"must be one of {LABEL_CONFLICTS}",
+        )
 
 
 @dataclass(frozen=True)
@@ -47,8 +55,11 @@ class SplitConfig:
     val: float = 0.15
     test: float = 0.15
     seed: int = 42
+    near_duplicates: int | None = 4
 
     def __post_init__(self) -> None:
+        ok = self.near_duplicates is None or 0 <= self.near_duplicates <= MAX_NEAR_DUPLICATES
+        _check(ok, "split.near_duplicates", f"must be between 0 and {MAX_NEAR_DUPLICATES} bits, or null")
         _check(0 < self.val < 1, "split.val", "must be between 0 and 1")
         _check(0 < self.test < 1, "split.test", "must be between 0 and 1")
         total = self.val + self.test

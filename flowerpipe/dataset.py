@@ -26,6 +26,7 @@ from PIL import Image, UnidentifiedImageError
 from . import preprocess
 from .atomic import atomic_dir
 from .console import log, progress
+from .duplicates import dhash, duplicate_groups
 from .errors import DataError
 from .split import assign_splits, split_counts
 
@@ -114,9 +115,9 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
     return classes, files, skipped
 
 
-def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int]:
-    """(sha256, uint8 square, width, height) of one photo; raises ValueError with the reason. The
-    file is read once, so it cannot change between its hash and its pixels."""
+def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int, int]:
+    """(sha256, uint8 square, width, height, difference hash) of one photo; raises ValueError with
+    the reason. The file is read once, so it cannot change between its hash and its pixels."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
             raise ValueError("not a regular file")
@@ -137,10 +138,10 @@ def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int]:
         raise ValueError(f"too many pixels ({exc})") from None
     except (OSError, SyntaxError) as exc:
         raise ValueError(f"truncated or corrupt image ({exc})") from None
-    return hashlib.sha256(data).hexdigest(), square, width, height
+    return hashlib.sha256(data).hexdigest(), square, width, height, dhash(square)
 
 
-def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int] | str:
+def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int, int] | str:
     try:
         return read_photo(*args)
     except ValueError as exc:
@@ -148,9 +149,22 @@ def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int] 
 
 
 def prepare(
-    root: Path, out_dir: Path, resize: int, val: float, test: float, seed: int, workers: int | None = None
+    root: Path,
+    out_dir: Path,
+    resize: int,
+    val: float,
+    test: float,
+    seed: int,
+    workers: int | None = None,
+    near_duplicates: int | None = 4,
+    label_conflicts: str = "keep",
 ) -> dict[str, Any]:
-    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics."""
+    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics.
+
+    Photos with the same bytes, and those whose difference hashes differ in at most
+    `near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
+    together. A group whose photos are filed under several classes is a label conflict, listed in
+    the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop")."""
     classes, files, skipped = scan(root)
     if len(classes) < 2:
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
@@ -158,24 +172,35 @@ def prepare(
     jobs = [(root / rel, resize) for rel, _ in files]
     with ProcessPoolExecutor(max_workers=workers) as pool:
         results = list(progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img"))
-    rows, squares = [], []
+    rows, squares, hashes = [], [], []
     for (relpath, label), result in zip(files, results, strict=True):
         if isinstance(result, str):
             skipped.append(Skipped(relpath, result))
             continue
-        sha, square, width, height = result
+        sha, square, width, height, difference = result
         rows.append({"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height})
         squares.append(square)
+        hashes.append(difference)
+    groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
+    together = _groups_of_several(rows, groups)
+    conflicts = [paths for paths in together if len({p.split("/")[0] for p in paths}) > 1]
+    if label_conflicts == "drop":
+        left_out = {p for paths in conflicts for p in paths}
+        skipped += [Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)]
+        keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
+        rows, squares, groups = [rows[i] for i in keep], [squares[i] for i in keep], [groups[i] for i in keep]
     kept = {row["label"] for row in rows}
     empty = [c for c in classes if c not in kept]
     if empty:
         raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
     labels = [row["label"] for row in rows]
-    splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed)
+    splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
     for row, split in zip(rows, splits, strict=True):
         row["split"] = split
     for s in skipped:
         log.warning("skipped %s: %s", s.path, s.reason)
+    for paths in conflicts:
+        log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
 
     with atomic_dir(out_dir) as tmp:
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
@@ -185,9 +210,25 @@ def prepare(
         np.save(tmp / "images.npy", np.stack(squares))
         meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        report = {"source_root": str(root), "skipped": [s.__dict__ for s in skipped]}
+        report = {
+            "source_root": str(root),
+            "skipped": [s.__dict__ for s in skipped],
+            "duplicate_groups": together,  # kept in one split; exact or near duplicates
+            "label_conflicts": conflicts,
+        }
         (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
-    return dataset_metrics(rows, skipped)
+    return dataset_metrics(rows, skipped) | {
+        "duplicate_groups": len(together),
+        "label_conflicts": len(conflicts),
+    }
+
+
+def _groups_of_several(rows: list[dict[str, Any]], groups: list[int]) -> list[list[str]]:
+    """The paths of each group of more than one photo, in manifest order."""
+    paths: dict[int, list[str]] = {}
+    for row, group in zip(rows, groups, strict=True):
+        paths.setdefault(group, []).append(row["relpath"])
+    return [found for found in paths.values() if len(found) > 1]
 
 
 def dataset_metrics(rows: list[dict[str, Any]], skipped: list[Skipped]) -> dict[str, Any]:

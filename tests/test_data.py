@@ -405,3 +405,45 @@ def test_unreadable_files_and_folders_are_skipped_with_reasons() -> None:
     }
     assert set(metrics["counts"]["train"]) == {"daisy", "dandelion", "roses"}
     assert metrics["images"] == 3 * 12
+
+
+def recompressed(source: Path, target: Path) -> None:
+    """Another file of the same photo: re-encoded, so other bytes and slightly other pixels."""
+    Image.open(source).save(target, quality=70)
+
+
+@pytest.mark.parametrize("conflicts", ["keep", "drop"])
+def test_near_duplicates_share_a_split_and_label_conflicts_are_reported(
+    photos: Path, tmp_path: Path, conflicts: str
+) -> None:
+    recompressed(photos / "daisy/daisy_005.jpg", photos / "daisy/again.jpg")
+    shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
+    recompressed(photos / "roses/roses_001.jpg", photos / "dandelion/also.jpg")  # filed twice
+    out = tmp_path / "prepared"
+    metrics = dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, label_conflicts=conflicts)
+    report = json.loads((out / "report.json").read_text())
+    groups = [set(paths) for paths in report["duplicate_groups"]]
+    assert {"daisy/again.jpg", "daisy/daisy_005.jpg"} in groups and {
+        "daisy/copy.jpg",
+        "daisy/daisy_007.jpg",
+    } in groups
+    assert report["label_conflicts"] == [["dandelion/also.jpg", "roses/roses_001.jpg"]]
+    assert metrics["label_conflicts"] == 1 and metrics["duplicate_groups"] == len(groups)
+    split = {row["relpath"]: row["split"] for row in read_manifest(out)}
+    for group in groups:
+        assert len({split[p] for p in group if p in split}) <= 1  # dropped: none
+    if conflicts == "drop":
+        assert "roses/roses_001.jpg" not in split and "dandelion/also.jpg" not in split
+        assert skipped_reasons(out)["roses/roses_001.jpg"].startswith("label conflict")
+        assert metrics["images"] == 3 * 24 + 3 - 2
+    else:
+        assert metrics["images"] == 3 * 24 + 3 and not skipped_reasons(out)
+
+
+def test_without_near_duplicates_only_the_same_bytes_group(photos: Path, tmp_path: Path) -> None:
+    recompressed(photos / "daisy/daisy_005.jpg", photos / "daisy/again.jpg")
+    shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
+    out = tmp_path / "prepared"
+    dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, near_duplicates=None)
+    report = json.loads((out / "report.json").read_text())
+    assert report["duplicate_groups"] == [["daisy/copy.jpg", "daisy/daisy_007.jpg"]]

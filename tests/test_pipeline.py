@@ -414,6 +414,21 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
         assert {row["sha256"] for row in csv.DictReader(f)} == expected
     assert prepared["images"] == 3670 and prepared["skipped"] == 0
     assert set(prepared["counts"]["test"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    for label, test_count in prepared["counts"]["test"].items():  # as close to 15 % as whole photos go
+        total = sum(prepared["counts"][split][label] for split in ("train", "val", "test"))
+        assert (
+            abs(test_count - 0.15 * total) <= 0.5
+            and abs(prepared["counts"]["val"][label] - 0.15 * total) <= 1
+        )
+    # the same plants a moment apart, in train and test before near-duplicates were grouped
+    report = repo.json("data/prepared/report.json")
+    assert ["daisy/10466290366_cc72e33532.jpg", "daisy/10994032453_ac7f8d9e2e.jpg"] in report[
+        "duplicate_groups"
+    ]
+    with open(repo.path / "data/prepared/manifest.csv") as f:
+        split = {row["relpath"]: row["split"] for row in csv.DictReader(f)}
+    assert all(len({split[path] for path in group}) == 1 for group in report["duplicate_groups"])
+    assert prepared["label_conflicts"] == len(report["label_conflicts"]) >= 1  # one photo under two classes
     test = repo.json("results/evaluate/metrics.json")["test"]
     assert test["accuracy"] > 0.3  # one epoch from random weights at 64 px; chance is 0.2
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
