@@ -72,6 +72,13 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
     folders. A folder that cannot be listed is skipped, and links to folders are not followed
     (a class folder may itself be a link)."""
     classes, files, skipped = [], [], []
+
+    def unlisted(exc: OSError) -> None:
+        folder = Path(exc.filename)
+        skipped.append(
+            Skipped(folder.relative_to(root).as_posix() + "/", f"folder {unreadable(folder, exc)}")
+        )
+
     try:
         entries = sorted(root.iterdir())
     except OSError as exc:
@@ -89,13 +96,6 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
                 skipped.append(Skipped(rel + "/", f"folder {unreadable(entry, exc)}"))
                 continue
             classes.append(entry.name)
-
-            def unlisted(exc: OSError) -> None:
-                folder = Path(exc.filename)
-                skipped.append(
-                    Skipped(folder.relative_to(root).as_posix() + "/", f"folder {unreadable(folder, exc)}")
-                )
-
             for dirpath, dirnames, filenames in os.walk(entry, onerror=unlisted):
                 here = Path(dirpath).relative_to(root)
                 for d in sorted(dirnames):
