@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
 from . import preprocess
@@ -170,44 +171,54 @@ def prepare(
         raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
     workers = workers or os.cpu_count() or 1
     jobs = [(root / rel, resize) for rel, _ in files]
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        results = list(progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img"))
-    rows, squares, hashes = [], [], []
-    for (relpath, label), result in zip(files, results, strict=True):
-        if isinstance(result, str):
-            skipped.append(Skipped(relpath, result))
-            continue
-        sha, square, width, height, difference = result
-        rows.append({"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height})
-        squares.append(square)
-        hashes.append(difference)
-    groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
-    together = _groups_of_several(rows, groups)
-    conflicts = [paths for paths in together if len({p.split("/")[0] for p in paths}) > 1]
-    if label_conflicts == "drop":
-        left_out = {p for paths in conflicts for p in paths}
-        skipped += [Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)]
-        keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
-        rows, squares, groups = [rows[i] for i in keep], [squares[i] for i in keep], [groups[i] for i in keep]
-    kept = {row["label"] for row in rows}
-    empty = [c for c in classes if c not in kept]
-    if empty:
-        raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
-    labels = [row["label"] for row in rows]
-    splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
-    for row, split in zip(rows, splits, strict=True):
-        row["split"] = split
-    for s in skipped:
-        log.warning("skipped %s: %s", s.path, s.reason)
-    for paths in conflicts:
-        log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
-
     with atomic_dir(out_dir) as tmp:
+        # each square goes to disk as its worker returns it: memory does not grow with the photos
+        images = open_memmap(tmp / "images.npy", "w+", np.uint8, (len(files), resize, resize, 3))
+        rows, hashes = [], []
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
+            for (relpath, label), result in zip(files, results, strict=True):
+                if isinstance(result, str):
+                    skipped.append(Skipped(relpath, result))
+                    continue
+                sha, square, width, height, difference = result
+                images[len(rows)] = square
+                rows.append(
+                    {"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height}
+                )
+                hashes.append(difference)
+        groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
+        together = _groups_of_several(rows, groups)
+        conflicts = [paths for paths in together if len({p.split("/")[0] for p in paths}) > 1]
+        if label_conflicts == "drop":
+            left_out = {p for paths in conflicts for p in paths}
+            skipped += [
+                Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)
+            ]
+            keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
+            for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
+                images[j] = images[i]
+            rows, groups = [rows[i] for i in keep], [groups[i] for i in keep]
+        images.flush()
+        del images
+        kept = {row["label"] for row in rows}
+        empty = [c for c in classes if c not in kept]
+        if empty:
+            raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
+        labels = [row["label"] for row in rows]
+        splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
+        for row, split in zip(rows, splits, strict=True):
+            row["split"] = split
+        for s in skipped:
+            log.warning("skipped %s: %s", s.path, s.reason)
+        for paths in conflicts:
+            log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
+
+        _keep_rows(tmp / "images.npy", len(rows))
         with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
             writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        np.save(tmp / "images.npy", np.stack(squares))
         meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
         report = {
@@ -221,6 +232,23 @@ def prepare(
         "duplicate_groups": len(together),
         "label_conflicts": len(conflicts),
     }
+
+
+def _keep_rows(path: Path, rows: int) -> None:
+    """Cut the .npy array at `path` to its first `rows` rows in place: the header, rewritten as
+    np.save writes it (its length unchanged: the shape only loses digits), and the data after them."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        data_start = f.tell()
+        header = io.BytesIO()
+        described = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order}
+        np.lib.format.write_array_header_1_0(header, described | {"shape": (rows, *shape[1:])})
+        if version != (1, 0) or len(header.getvalue()) != data_start:
+            raise RuntimeError(f"{path}: unexpected .npy header")
+        f.seek(0)
+        f.write(header.getvalue())
+        f.truncate(data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
 def _groups_of_several(rows: list[dict[str, Any]], groups: list[int]) -> list[list[str]]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import multiprocessing
 import os
@@ -286,20 +287,28 @@ def test_prepare_replaces_an_earlier_output(photos: Path, tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
+def assert_cache_holds_each_photo(root: Path, out: Path) -> None:
+    """images.npy holds, row by row, what decoding each manifest photo on its own gives, and is the
+    file np.save writes for that array (written in place as the photos were decoded, then cut)."""
+    images = np.load(out / "images.npy")
+    saved = io.BytesIO()
+    np.save(saved, images)
+    assert (out / "images.npy").read_bytes() == saved.getvalue()
+    for row, square in zip(read_manifest(out), images, strict=True):
+        direct = preprocess.preprocess_file(root / row["relpath"], IMAGE_SIZE, RESIZE)
+        assert direct.shape == (IMAGE_SIZE, IMAGE_SIZE, 3) and direct.dtype == np.uint8
+        np.testing.assert_array_equal(
+            direct, preprocess.center_crop(square, IMAGE_SIZE), err_msg=row["relpath"]
+        )
+
+
 def test_preprocess_file_matches_the_cache(messy: Path, tmp_path: Path) -> None:
     """The raw-file path used for serving and the decoded cache used for training agree exactly."""
     out = tmp_path / "prepared"
     prepare(messy, out)
     rows = read_manifest(out)
-    images = np.load(out / "images.npy")
     assert len(rows) > 30
-    for row, square in zip(rows, images, strict=True):
-        direct = preprocess.preprocess_file(messy / row["relpath"], IMAGE_SIZE, RESIZE)
-        assert direct.shape == (IMAGE_SIZE, IMAGE_SIZE, 3)
-        assert direct.dtype == np.uint8
-        np.testing.assert_array_equal(
-            direct, preprocess.center_crop(square, IMAGE_SIZE), err_msg=row["relpath"]
-        )
+    assert_cache_holds_each_photo(messy, out)
     # an open file object gives the same pixels as the path
     row = next(r for r in rows if r["relpath"] == "daisy/UPPER.JPG")
     with open(messy / row["relpath"], "rb") as f:
@@ -436,6 +445,7 @@ def test_near_duplicates_share_a_split_and_label_conflicts_are_reported(
         assert "roses/roses_001.jpg" not in split and "dandelion/also.jpg" not in split
         assert skipped_reasons(out)["roses/roses_001.jpg"].startswith("label conflict")
         assert metrics["images"] == 3 * 24 + 3 - 2
+        assert_cache_holds_each_photo(photos, out)  # the rows after those left out moved up
     else:
         assert metrics["images"] == 3 * 24 + 3 and not skipped_reasons(out)
 
