@@ -13,6 +13,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 import stat
 import statistics
 from concurrent.futures import ProcessPoolExecutor
@@ -33,6 +34,7 @@ from .split import assign_splits, split_counts
 
 ORIENTATION_TAG = 0x0112
 MANIFEST_FIELDS = ("relpath", "label", "split", "sha256", "width", "height")
+DISK_MARGIN = 1_000_000_000  # bytes left free beside the cache, for the manifest and everything else
 
 
 @dataclass(frozen=True)
@@ -172,6 +174,7 @@ def prepare(
     workers = workers or os.cpu_count() or 1
     jobs = [(root / rel, resize) for rel, _ in files]
     with atomic_dir(out_dir) as tmp:
+        _check_free_disk(out_dir, len(files) * resize * resize * 3)
         # each square goes to disk as its worker returns it: memory does not grow with the photos
         images = open_memmap(tmp / "images.npy", "w+", np.uint8, (len(files), resize, resize, 3))
         rows, hashes = [], []
@@ -232,6 +235,18 @@ def prepare(
         "duplicate_groups": len(together),
         "label_conflicts": len(conflicts),
     }
+
+
+def _check_free_disk(out_dir: Path, needed: int) -> None:
+    """Refuse to start a cache that the disk of `out_dir` cannot hold: a memory-mapped write to a
+    full disk kills the process instead of raising an error."""
+    free = shutil.disk_usage(out_dir.parent).free
+    if needed + DISK_MARGIN > free:
+        raise DataError(
+            f"{out_dir}: the decoded cache needs {needed / 1e9:.1f} GB and "
+            f"{DISK_MARGIN / 1e9:.1f} GB to spare; {free / 1e9:.1f} GB are free "
+            "(free some space, or lower data.image_size)"
+        )
 
 
 def _keep_rows(path: Path, rows: int) -> None:

@@ -457,3 +457,23 @@ def test_without_near_duplicates_only_the_same_bytes_group(photos: Path, tmp_pat
     dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, near_duplicates=None)
     report = json.loads((out / "report.json").read_text())
     assert report["duplicate_groups"] == [["daisy/copy.jpg", "daisy/daisy_007.jpg"]]
+
+
+def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "prepared"
+    prepare(photos, out)
+    before = (out / "images.npy").read_bytes()
+    usage = shutil.disk_usage(tmp_path)
+    needed = 3 * 24 * RESIZE * RESIZE * 3
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: usage._replace(free=dataset.DISK_MARGIN + needed - 1)
+    )
+    with pytest.raises(DataError, match=r"prepared: the decoded cache needs .* GB are free") as info:
+        prepare(photos, out)
+    assert "data.image_size" in str(info.value)
+    assert (out / "images.npy").read_bytes() == before  # the earlier cache is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "prepared"]  # no temporary left
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=dataset.DISK_MARGIN + needed))
+    prepare(photos, out)  # exactly enough
