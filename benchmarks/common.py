@@ -79,16 +79,20 @@ def machine() -> dict[str, Any]:
 def report(
     results: Path, name: str, rows: Sequence[dict[str, Any]], extra: dict[str, Any] | None = None
 ) -> None:
-    """Print `rows` as a table and write them, with the machine, to `results`/NAME.json."""
+    """Print `rows` as a table and the CPU's name and instruction sets beside it, and write them,
+    with the machine, to `results`/NAME.json."""
     columns = list(dict.fromkeys(k for row in rows for k in row))
     cells = [[_cell(row.get(c, "")) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)))
     for r in cells:
         print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
+    found = machine()
+    flags = " ".join(found["cpu_flags"]) or "none of " + ", ".join(ISA_FLAGS)
+    print(f"cpu: {found['cpu']} ({flags}); gpu: {found['gpu']}")
     out = results / f"{name}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"machine": machine(), "rows": list(rows), **(extra or {})}, indent=2) + "\n")
+    out.write_text(json.dumps({"machine": found, "rows": list(rows), **(extra or {})}, indent=2) + "\n")
     print(f"written: {out}")
 
 

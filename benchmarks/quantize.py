@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import arguments, cpu_flags, prepared, report
+from common import arguments, prepared, report
 
 from flowerpipe.export import export_onnx, onnx_metadata
 from flowerpipe.latency import measure_latency
@@ -78,10 +78,8 @@ def main() -> None:
                     "largest |int8 weight|": largest_int8_weight(path) if name != "fp32" else "",
                 }
             )
-    extra = {"arch": arch, "size": size, "cpu_flags": cpu_flags(), "search": search}
-    report(args.results, f"quantize-{arch}", rows, extra)
+    report(args.results, f"quantize-{arch}", rows, {"arch": arch, "size": size, "search": search})
     print("chosen:", search["chosen"])
-    print("cpu flags:", " ".join(cpu_flags()))
 
 
 if __name__ == "__main__":

@@ -175,7 +175,7 @@ def prepare(
     jobs = [(root / rel, resize) for rel, _ in files]
     with atomic_dir(out_dir) as tmp:
         _check_free_disk(out_dir, len(files) * resize * resize * 3)
-        # each square goes to disk as its worker returns it: memory does not grow with the photos
+        # each square goes to disk as its worker returns it: no list of every decoded photo
         images = open_memmap(tmp / "images.npy", "w+", np.uint8, (len(files), resize, resize, 3))
         rows, hashes = [], []
         with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -191,8 +191,11 @@ def prepare(
                 )
                 hashes.append(difference)
         groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
-        together = _groups_of_several(rows, groups)
-        conflicts = [paths for paths in together if len({p.split("/")[0] for p in paths}) > 1]
+        several = _groups_of_several(groups)
+        together = [[rows[i]["relpath"] for i in group] for group in several]
+        conflicts = [
+            paths for paths, group in zip(together, several, strict=True) if _labels(rows, group) > 1
+        ]
         if label_conflicts == "drop":
             left_out = {p for paths in conflicts for p in paths}
             skipped += [
@@ -266,12 +269,17 @@ def _keep_rows(path: Path, rows: int) -> None:
         f.truncate(data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
 
 
-def _groups_of_several(rows: list[dict[str, Any]], groups: list[int]) -> list[list[str]]:
-    """The paths of each group of more than one photo, in manifest order."""
-    paths: dict[int, list[str]] = {}
-    for row, group in zip(rows, groups, strict=True):
-        paths.setdefault(group, []).append(row["relpath"])
-    return [found for found in paths.values() if len(found) > 1]
+def _groups_of_several(groups: list[int]) -> list[list[int]]:
+    """The rows of each group of more than one photo, in manifest order."""
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    return [rows for rows in members.values() if len(rows) > 1]
+
+
+def _labels(rows: list[dict[str, Any]], group: list[int]) -> int:
+    """How many classes the photos of `group` are filed under."""
+    return len({rows[i]["label"] for i in group})
 
 
 def dataset_metrics(rows: list[dict[str, Any]], skipped: list[Skipped]) -> dict[str, Any]:

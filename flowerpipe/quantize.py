@@ -55,6 +55,7 @@ SEARCH = (("MinMax", 1), ("Percentile", 1), ("Entropy", 1), ("MinMax", MORE_CALI
 EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search leaves in float
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 32  # val photos whose activations rank the nodes
+BATCH = 8  # photos per calibration run: histogram methods hold every activation of one batch
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,6 @@ def quantize_int8(
     setting: Setting | None = None,
     cache: Path | None = None,
     prepared: Path | None = None,
-    batch_size: int = 8,
 ) -> None:
     """Write the int8 version of the flowerpipe model at `fp32_path`, calibrated on `calibration`
     (uint8 NHWC crops of the model's input size) as `setting` says, with the fp32 model's metadata.
@@ -116,7 +116,7 @@ def quantize_int8(
         quantize_static(
             prepared or pre_process(fp32_path, Path(tmp)),
             int8_path,
-            _Batches(fp32, calibration, batch_size),
+            _Batches(fp32, calibration, BATCH),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=setting.weight_bits == 7,
@@ -255,8 +255,8 @@ def sensitive_nodes(
         float_aug, int8_aug = str(Path(tmp) / "f.onnx"), str(Path(tmp) / "q.onnx")
         modify_model_output_intermediate_tensors(prepared, float_aug)
         modify_model_output_intermediate_tensors(str(int8_path), int8_aug)
-        float_acts = collect_activations(float_aug, _Batches(fp32, crops, 8))
-        int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, 8))
+        float_acts = collect_activations(float_aug, _Batches(fp32, crops, BATCH))
+        int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, BATCH))
         nodes = onnx.load(str(prepared)).graph.node
     errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
     sqnr = {name: e["xmodel_err"] for name, e in errors.items()}

@@ -15,6 +15,7 @@ import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
+from .duplicates import duplicate_groups
 from .errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -39,8 +40,7 @@ def assign_splits(
     the class most of them carry (the first by name if tied). A class with fewer than three groups
     is an error naming it."""
     if groups is None:
-        first: dict[str, int] = {}
-        groups = [first.setdefault(h, i) for i, h in enumerate(hashes)]
+        groups = duplicate_groups(hashes, [], None)  # the same bytes only: no difference hashes
     members: dict[int, list[int]] = defaultdict(list)
     for i, group in enumerate(groups):
         members[group].append(i)
@@ -66,7 +66,7 @@ def assign_splits(
             left = len(entries) - rank  # this group and those after it
             if rank == 0 or (placed < test_end and left > 2):
                 split = "test"
-            elif split == "test" or (placed < val_end and left > 1):
+            elif split == "test" or (placed < val_end and left > 1):  # val: at least the group after test
                 split = "val"
             else:
                 split = "train"
