@@ -15,6 +15,7 @@ from .errors import ConfigError
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
+LOADERS = ("auto", "device", "stream")
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
@@ -113,6 +114,7 @@ class TrainConfig:
     precision: str = "auto"
     device: str = "auto"
     launcher: str = "python"
+    loader: str = "auto"
     seed: int = 0
     augment: list[dict[str, dict[str, Any]]] = field(default_factory=_default_augment)
 
@@ -146,6 +148,7 @@ class TrainConfig:
             _check(ok, "train.freeze", "a list must name at least one module, e.g. [layer1, layer2]")
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
+        _check(self.loader in LOADERS, "train.loader", f"must be one of {', '.join(LOADERS)}")
         ok = self.launcher == "python" or self.launcher.split()[:1] == ["torchrun"]
         _check(ok, "train.launcher", "must be python or a torchrun command, e.g. torchrun --nproc-per-node=2")
         for i, step in enumerate(self.augment):
@@ -156,9 +159,9 @@ class TrainConfig:
 
     @property
     def recipe(self) -> dict[str, Any]:
-        """Every setting that changes what is learnt; `device`, `precision` and `launcher` only say
-        how fast."""
-        how = ("device", "precision", "launcher")
+        """Every setting that changes what is learnt; `device`, `precision`, `launcher` and
+        `loader` only say how fast."""
+        how = ("device", "precision", "launcher", "loader")
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in how}
 
 

@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from numpy.lib.format import open_memmap
 from PIL import Image, UnidentifiedImageError
 
 from . import preprocess
 from .atomic import atomic_dir
+from .cache import ImageCache
 from .console import log, progress
 from .duplicates import dhash, duplicate_groups
 from .errors import DataError
@@ -49,7 +49,7 @@ class Prepared:
 
     classes: list[str]
     rows: list[dict[str, str]]
-    images: np.ndarray  # N x resize x resize x 3 uint8, memory-mapped
+    images: ImageCache  # N x resize x resize x 3 uint8, read from images.npy when indexed
     labels: np.ndarray  # N int64 class indices
     splits: np.ndarray  # N str
     fingerprint: str  # sha256 of manifest.csv: which photos, with which labels, in which split
@@ -176,7 +176,7 @@ def prepare(
     with atomic_dir(out_dir) as tmp:
         _check_free_disk(out_dir, len(files) * resize * resize * 3)
         # each square goes to disk as its worker returns it: no list of every decoded photo
-        images = open_memmap(tmp / "images.npy", "w+", np.uint8, (len(files), resize, resize, 3))
+        images = ImageCache.create(tmp / "images.npy", len(files), resize)
         rows, hashes = [], []
         with ProcessPoolExecutor(max_workers=workers) as pool:
             results = progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
@@ -205,8 +205,7 @@ def prepare(
             for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
                 images[j] = images[i]
             rows, groups = [rows[i] for i in keep], [groups[i] for i in keep]
-        images.flush()
-        del images
+        images.close()
         kept = {row["label"] for row in rows}
         empty = [c for c in classes if c not in kept]
         if empty:
@@ -301,7 +300,7 @@ def dataset_metrics(rows: list[dict[str, Any]], skipped: list[Skipped]) -> dict[
 
 
 def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
-    """Read the prepared dataset; the image cache is memory-mapped, not loaded."""
+    """Read the prepared dataset; the image cache is read a batch at a time, when indexed."""
     folder = Path(folder)
     meta = json.loads((folder / "dataset.json").read_text())
     manifest = (folder / "manifest.csv").read_bytes()
@@ -310,7 +309,7 @@ def load_prepared(folder: str | os.PathLike[str]) -> Prepared:
     return Prepared(
         classes=meta["classes"],
         rows=rows,
-        images=np.load(folder / "images.npy", mmap_mode="r"),
+        images=ImageCache(folder / "images.npy"),
         labels=np.array([index[r["label"]] for r in rows], dtype=np.int64),
         splits=np.array([r["split"] for r in rows]),
         fingerprint=hashlib.sha256(manifest).hexdigest(),

@@ -6,15 +6,17 @@ import numpy as np
 import torch
 from torch import nn
 
+from .cache import Rows
 from .console import progress
 from .transforms import center_crop_batch, normalize, to_nchw
 
 
 @torch.inference_mode()
 def predict_logits(
-    model: nn.Module, images: np.ndarray, image_size: int, batch_size: int, device: torch.device
+    model: nn.Module, images: np.ndarray | Rows, image_size: int, batch_size: int, device: torch.device
 ) -> np.ndarray:
-    """Logits (N x classes, float32) of the centre `image_size` crops of uint8 NHWC `images`."""
+    """Logits (N x classes, float32) of the centre `image_size` crops of uint8 NHWC `images`,
+    read a batch at a time."""
     model.eval().to(device)
     out = []
     starts = range(0, len(images), batch_size)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import warnings
@@ -14,6 +15,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from .cache import Rows
 from .errors import ParityError
 from .preprocess import MEAN, STD, to_model_input
 from .preprocess import center_crop as crop_nhwc
@@ -88,7 +90,7 @@ def top1_agreements(actual: np.ndarray, expected: np.ndarray, rtol: float, atol:
 def check_parity(
     model: nn.Module,
     onnx_path: str | os.PathLike[str],
-    images: np.ndarray,
+    images: np.ndarray | Rows,
     image_size: int,
     rtol: float,
     atol: float,
@@ -97,22 +99,21 @@ def check_parity(
     seed: int = 0,
     shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares) and on
-    random batches of 1 and 7; raises ParityError, naming the file `shown_as` (default
-    `onnx_path`), when outside the tolerances."""
+    """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares, read a batch
+    at a time) and on random batches of 1 and 7; raises ParityError, naming the file `shown_as`
+    (default `onnx_path`), when outside the tolerances."""
     model = model.eval().cpu()
     sess = session(onnx_path)
     rng = np.random.default_rng(seed)
-    batches = [
-        to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size))
+    photos = (
+        (True, to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size)))
         for i in range(0, len(images), batch_size)
-    ]
-    n_real = len(batches)
-    batches += [rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32) for n in (1, 7)]
+    )
+    noise = ((False, rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32)) for n in (1, 7))
     max_abs = max_rel = 0.0
     agree = total = 0
     within = True
-    for k, x in enumerate(batches):
+    for real, x in itertools.chain(photos, noise):
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
         actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
@@ -120,7 +121,7 @@ def check_parity(
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
         within &= bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
-        if k < n_real:
+        if real:
             agree += top1_agreements(actual, expected, rtol, atol)
             total += len(x)
     result = {

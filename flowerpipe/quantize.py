@@ -39,6 +39,7 @@ from onnxruntime.quantization.qdq_loss_debug import (
 )
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
+from .cache import Rows
 from .console import log
 from .errors import QuantizationError
 from .predict import Predictor
@@ -79,7 +80,7 @@ class _Batches(CalibrationDataReader):
     """The crops as model inputs, `batch_size` at a time; ONNX Runtime calibrates one batch per
     `set_range`, so that histogram methods hold one batch's activations, not the sample's."""
 
-    def __init__(self, predictor: Predictor, crops: np.ndarray, batch_size: int) -> None:
+    def __init__(self, predictor: Predictor, crops: np.ndarray | Rows, batch_size: int) -> None:
         self.predictor, self.crops, self.batch_size = predictor, crops, batch_size
         self.set_range(0, len(self))
 
@@ -100,7 +101,7 @@ class _Batches(CalibrationDataReader):
 def quantize_int8(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
-    calibration: np.ndarray,
+    calibration: np.ndarray | Rows,
     setting: Setting | None = None,
     cache: Path | None = None,
     prepared: Path | None = None,
@@ -177,8 +178,8 @@ class _Tried:
 def search_int8(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
-    calibration: Callable[[int], np.ndarray],
-    val_crops: np.ndarray,
+    calibration: Callable[[int], np.ndarray | Rows],
+    val_crops: np.ndarray | Rows,
     val_labels: np.ndarray,
     max_drop_points: float,
     calibration_images: int,
@@ -198,7 +199,7 @@ def search_int8(
     with tempfile.TemporaryDirectory() as tmp:
         prepared = pre_process(fp32_path, Path(tmp))  # once for every try
 
-        def passes(setting: Setting, crops: np.ndarray) -> bool:
+        def passes(setting: Setting, crops: np.ndarray | Rows) -> bool:
             setting = replace(setting, calibration_images=len(crops))
             path, start = Path(tmp) / f"{len(tried)}.onnx", time.perf_counter()
             cache = Path(tmp) / f"{setting.method}-{len(crops)}.json"  # ranges reused by later tries
@@ -213,7 +214,7 @@ def search_int8(
             return min(tried, key=lambda t: t.val_drop_points)
 
         @functools.cache  # cropped when first tried: the search mostly stops before the larger one
-        def sample(times: int) -> np.ndarray:
+        def sample(times: int) -> np.ndarray | Rows:
             return calibration(calibration_images * times)
 
         tries = ((m, t) for m, t in SEARCH if t == 1 or len(sample(t)) > len(sample(1)))
@@ -276,9 +277,9 @@ def sensitive_nodes(
 
 
 def accuracy(
-    model_path: str | os.PathLike[str], crops: np.ndarray, labels: np.ndarray, batch_size: int = 64
+    model_path: str | os.PathLike[str], crops: np.ndarray | Rows, labels: np.ndarray, batch_size: int = 64
 ) -> float:
-    """Top-1 accuracy of an exported model on uint8 NHWC crops."""
+    """Top-1 accuracy of an exported model on uint8 NHWC crops, read a batch at a time."""
     predictor = Predictor(model_path)
     predicted = np.concatenate(
         [predictor.logits(crops[i : i + batch_size]).argmax(1) for i in range(0, len(crops), batch_size)]

@@ -19,8 +19,9 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,11 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DistributedSampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.transforms import v2
 
 from .atomic import atomic_path
+from .cache import Images, Rows
 from .config import TrainConfig
 from .console import log, progress
 from .devices import autocast_dtype
@@ -45,6 +47,8 @@ from .schedule import lr_factor, set_learning_rates
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
 EpochCallback = Callable[[dict[str, float]], None]
+READERS = 4  # processes that read the next batches while a GPU trains on the present one
+PREFETCH = 4  # batches each reader process keeps ready
 
 
 @dataclass
@@ -173,7 +177,7 @@ class Run:
 
 def fit(
     model: nn.Module,
-    images: np.ndarray,
+    images: Images,
     labels: np.ndarray,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
@@ -293,37 +297,106 @@ class Batches:
         return -(-self.stop // self.size)
 
 
+Positions = list[torch.Tensor]  # an epoch's batches, as positions in the train split
+
+
 @dataclass
 class Feed:
-    """What a training step runs (`net`), how a batch of train positions becomes its input, and
-    the val logits of a net like it: the whole model on augmented images, or the head on cached
-    features."""
+    """What a training step runs (`net`), the inputs of an epoch's batches of train positions in
+    turn, and the val logits of a net like it: the whole model on augmented images, or the head on
+    cached features."""
 
     net: nn.Module
-    batch: Callable[[torch.Tensor], torch.Tensor]
+    inputs: Callable[[Positions], Iterator[torch.Tensor]]
     train_mode: Callable[[list[str]], object]
     val_logits: Callable[[nn.Module], torch.Tensor]
 
 
 def _image_feed(
-    run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
+    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
 ) -> Feed:
-    pixels = _pixels(images[train_idx], run.device)  # the whole train split, once (on the GPU there)
+    read = _train_reader(run, images, train_idx)
     augment = build_augment(run.cfg.augment, train_size)
-    val_images = np.asarray(images[val_idx])
     model = run.model
     return Feed(
         net=model,
-        batch=lambda pos: normalize(augment_batch(pixels[pos], augment)),
+        inputs=lambda positions: (normalize(augment_batch(x, augment)) for x in read(positions)),
         train_mode=lambda eval_modules: train_mode(model, eval_modules),
         val_logits=lambda net: torch.from_numpy(
-            predict_logits(net, val_images, size, run.cfg.batch_size, run.device)
+            predict_logits(net, Rows(images, val_idx), size, run.cfg.batch_size, run.device)
         ),
     )
 
 
+def _train_reader(
+    run: Run, images: Images, train_idx: np.ndarray
+) -> Callable[[Positions], Iterator[torch.Tensor]]:
+    """The uint8 NCHW train images of each batch, on the device: indexed in one copy of the whole
+    split made there once, or read from `images` batch by batch while the steps before run
+    (`train.loader`). Both give the same images in the same order."""
+    nbytes = len(train_idx) * int(np.prod(images.shape[1:]))
+    whole, why = _split_on_device(run.cfg.loader, nbytes, run.device)
+    if whole:
+        log.info("train images: %.2f GB, held on %s (%s)", nbytes / 1e9, run.device, why)
+        pixels = _pixels(images[train_idx], run.device)
+        return lambda positions: (pixels[pos] for pos in positions)
+    cuda, workers = run.device.type == "cuda", _reader_processes(run.device)
+    log.info(
+        "train images: %.2f GB, read a batch at a time by %s (%s)",
+        nbytes / 1e9,
+        f"{workers} reader processes" if workers else "the training process",
+        why,
+    )
+    rows = _TrainRows(images, train_idx)
+
+    def read(positions: Positions) -> Iterator[torch.Tensor]:
+        loader = DataLoader(
+            rows,
+            batch_size=None,  # each of the sampler's items is a whole batch of positions
+            sampler=[pos.cpu().numpy() for pos in positions],
+            num_workers=workers,
+            pin_memory=cuda,
+            prefetch_factor=PREFETCH if workers else None,
+            generator=torch.Generator(),  # its seed draw must not move the augmentation's
+        )
+        return (x.to(run.device, non_blocking=True).permute(0, 3, 1, 2) for x in loader)
+
+    return read
+
+
+def _reader_processes(device: torch.device) -> int:
+    """Reader processes that keep a GPU's next batches ready; on the CPU the training process reads
+    each batch itself (a copy that takes a thousandth of a step), leaving the cores to training."""
+    return min(READERS, os.cpu_count() or 1) if device.type == "cuda" else 0
+
+
+class _TrainRows(Dataset):
+    """The uint8 NHWC train images at a batch of positions in the train split."""
+
+    def __init__(self, images: Images, train_idx: np.ndarray) -> None:
+        self.images, self.train_idx = images, train_idx
+
+    def __getitem__(self, positions: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.images[self.train_idx[positions]])
+
+
+def _split_on_device(choice: str, nbytes: int, device: torch.device) -> tuple[bool, str]:
+    """Whether the train split is copied whole to `device`, and why: as `train.loader` says, or
+    with `auto`, on a GPU with twice its size free (room for the model and its activations). On
+    the CPU a batch read from the page cache is a copy that the training step dwarfs."""
+    if choice != "auto":
+        return choice == "device", f"train.loader: {choice}"
+    if device.type == "cuda":
+        free = torch.cuda.mem_get_info(device)[0]
+    elif device.type == "mps":
+        free = torch.mps.recommended_max_memory() - torch.mps.driver_allocated_memory()
+    else:
+        return False, "train.loader: auto, on the CPU"
+    return 2 * nbytes <= free, f"train.loader: auto, {free / 1e9:.1f} GB free on {device}"
+
+
 def _feature_feed(
-    run: Run, images: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, size: int
+    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int
 ) -> Feed | None:
     """A feed of what the frozen backbone hands the head for the centre crop of each train and val
     image, computed once; None for models that do more after their head (SqueezeNet pools)."""
@@ -365,7 +438,10 @@ def _feature_feed(
         return net.eval()(val_x).float().cpu()
 
     return Feed(
-        net=head, batch=lambda pos: train_x[pos], train_mode=lambda _: head.train(), val_logits=val_logits
+        net=head,
+        inputs=lambda positions: (train_x[pos] for pos in positions),
+        train_mode=lambda _: head.train(),
+        val_logits=val_logits,
     )
 
 
@@ -388,12 +464,11 @@ def _train_epoch(
     (against each mixed image's main label), and the number of images, over all processes."""
     total_loss, correct, seen = torch.zeros((), device=run.device), torch.zeros((), device=run.device), 0
     size, stop = batches.size, batches.stop
-    starts = range(0, stop, size)
-    bar = progress(starts, "train", len(starts), "batch")
+    positions = [order[start : min(start + size, stop)] for start in range(0, stop, size)]
+    bar = progress(feed.inputs(positions), "train", len(positions), "batch")
     t0 = time.perf_counter()
-    for i, start in enumerate(bar):
-        pos = order[start : min(start + size, stop)]
-        x, y = feed.batch(pos), labels[pos]
+    for i, (pos, x) in enumerate(zip(positions, bar, strict=True)):
+        y = labels[pos]
         target = y
         if run.mix is not None:
             x, target = run.mix(x, y)
@@ -412,7 +487,7 @@ def _train_epoch(
         total_loss += loss.detach() * len(y)
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-        if bar.disable is False and (i % 10 == 0 or start + size >= stop):  # syncs the GPU: not every step
+        if bar.disable is False and (i % 10 == 0 or i == len(positions) - 1):  # syncs the GPU: not every step
             elapsed = time.perf_counter() - t0
             bar.set_postfix(loss=float(total_loss) / seen, acc=float(correct) / seen, img_s=seen / elapsed)
     loss_sum, correct_sum, seen_sum = sum_over_processes(

@@ -18,7 +18,8 @@ def main() -> None:
     results = {}
     for split in ("test", "val"):
         idx = data.indices(split)
-        logits = predict_logits(model, data.images[idx], meta["image_size"], cfg.evaluate.batch_size, device)
+        images = data.images.select(idx)  # read a batch at a time
+        logits = predict_logits(model, images, meta["image_size"], cfg.evaluate.batch_size, device)
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
     write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})
 

@@ -36,7 +36,7 @@ def main() -> None:
     cfg = load_config()
     model, meta = load_trained(WEIGHTS)
     data = load_prepared("data/prepared")
-    val = data.images[data.indices("val")]
+    val = data.images.select(data.indices("val"))  # read a batch at a time
     metadata = onnx_metadata(
         meta["classes"],
         meta["arch"],

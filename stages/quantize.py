@@ -7,12 +7,12 @@ import sys
 import numpy as np
 
 from flowerpipe.atomic import atomic_path, write_json
+from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
 from flowerpipe.console import log, run_main
 from flowerpipe.dataset import load_prepared
 from flowerpipe.latency import measure_latency
 from flowerpipe.models import load_trained
-from flowerpipe.preprocess import center_crop
 from flowerpipe.quantize import (
     accuracy,
     calibration_indices,
@@ -32,10 +32,10 @@ def main() -> None:
     model, meta = load_trained("models/best.pt")
     size = meta["image_size"]
 
-    def crops(indices: np.ndarray) -> np.ndarray:
-        return center_crop(np.asarray(data.images[indices]), size)
+    def crops(indices: np.ndarray) -> Rows:  # read a batch at a time
+        return data.images.select(indices, crop=size)
 
-    def calibration(count: int) -> np.ndarray:
+    def calibration(count: int) -> Rows:
         return crops(calibration_indices(data.indices("train"), count))
 
     val, test = data.indices("val"), data.indices("test")

@@ -17,6 +17,7 @@ from conftest import draw_photo, make_photos
 from PIL import Image
 
 from flowerpipe import dataset, preprocess
+from flowerpipe.cache import ImageCache
 from flowerpipe.errors import DataError
 
 RESIZE = 40
@@ -128,7 +129,7 @@ def test_load_prepared_reads_back(photos: Path, tmp_path: Path) -> None:
     prepare(photos, out)
     data = dataset.load_prepared(out)
     assert data.classes == ["daisy", "dandelion", "roses"]
-    assert isinstance(data.images, np.memmap)
+    assert isinstance(data.images, ImageCache)
     assert len(data.labels) == len(data.rows) == len(data.images) == 72
     assert [data.classes[i] for i in data.labels] == [r["label"] for r in data.rows]
     all_idx = np.concatenate([data.indices(s) for s in ("train", "val", "test")])

@@ -4,6 +4,7 @@ cached backbone features, mixed precision."""
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 from dataclasses import replace
 
@@ -491,3 +492,54 @@ def test_bf16_training_on_the_cpu_learns() -> None:
     # it learns the train images (val, in eval mode, needs more steps for BatchNorm's running stats)
     assert min(h["train/loss"] for h in result.history) < result.history[0]["train/loss"] / 2
     assert max(h["train/accuracy"] for h in result.history) > 0.8
+
+
+# --- where the train images come from ---------------------------------------------------------------
+
+
+class CountedRows(np.ndarray):
+    """A uint8 image array that records each read of rows from it, in a shared list."""
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray) and key.ndim == 1 and key.dtype.kind == "i":
+            READ.append(key.tolist())
+        return np.asarray(self)[key]
+
+
+READ: list[list[int]] = []
+
+
+@pytest.mark.parametrize("readers", [0, 2])
+def test_streamed_batches_train_what_the_split_held_whole_does(
+    readers: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """train.loader: stream reads each batch from the images as the epoch goes (in reader processes
+    on a GPU: here 2 on the CPU); the same seed gives the same batches, augmentation and MixUp
+    draws, and so the same weights, as the split copied whole (train.loader: device)."""
+    monkeypatch.setattr(training, "_reader_processes", lambda device: readers)
+    caplog.set_level(logging.INFO, logger="flowerpipe")
+    images, labels, train_idx, val_idx = tiny_data(20)
+    cfg = replace(RESUME_CFG, epochs=2, mixup=0.4, loader="device")
+    whole_model, whole = fit(
+        cfg, (images, labels, train_idx, val_idx), build_model("resnet18", None, CLASSES, seed=3)
+    )
+    assert "held on cpu (train.loader: device)" in caplog.text
+    streamed_model, streamed = fit(
+        replace(cfg, loader="stream"),
+        (images, labels, train_idx, val_idx),
+        build_model("resnet18", None, CLASSES, seed=3),
+    )
+    assert "read a batch at a time" in caplog.text
+    assert without_timings(streamed.history) == without_timings(whole.history)
+    for key, value in whole_model.state_dict().items():
+        assert torch.equal(streamed_model.state_dict()[key], value), key
+
+
+def test_the_cpu_streams_unless_told(caplog: pytest.LogCaptureFixture) -> None:
+    READ.clear()
+    caplog.set_level(logging.INFO, logger="flowerpipe")
+    images, labels, train_idx, val_idx = tiny_data(16)
+    fit(replace(RESUME_CFG, epochs=1), (images.view(CountedRows), labels, train_idx, val_idx))
+    assert "read a batch at a time by the training process (train.loader: auto, on the CPU)" in caplog.text
+    assert max(len(rows) for rows in READ) == 8  # a batch at a time, each photo once
+    assert sorted(itertools.chain.from_iterable(READ)) == sorted([*train_idx.tolist(), *val_idx.tolist()])
