@@ -7,12 +7,17 @@ import argparse
 import json
 import os
 import platform
+import re
+import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
@@ -35,6 +40,66 @@ def arguments(description: str) -> argparse.ArgumentParser:
         "--results", type=Path, default=ROOT / "benchmarks" / "results", help="where NAME.json is written"
     )
     return parser
+
+
+# Runs a command and prints the largest resident memory of any process it started, in KiB.
+PEAK_RSS = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[1:]); "
+    "print('peak_rss_kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+    "sys.exit(code)"
+)
+DVC = (sys.executable, "-m", "dvc")
+
+
+def run(repo: Path, *args: str) -> tuple[float, str]:
+    """Seconds and output of a command in `repo`; stops the benchmark if it fails."""
+    start = time.perf_counter()
+    done = subprocess.run(args, cwd=repo, capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if done.returncode:
+        sys.exit(f"{' '.join(args)} failed:\n{done.stdout}\n{done.stderr}")
+    return seconds, done.stdout + done.stderr
+
+
+def run_measured(repo: Path, *args: str) -> tuple[float, float, str]:
+    """Seconds, peak RSS (GiB, of the largest process) and output of a command in `repo`."""
+    seconds, output = run(repo, sys.executable, "-c", PEAK_RSS, *args)
+    return seconds, int(re.search(r"peak_rss_kib (\d+)", output).group(1)) / 2**20, output
+
+
+def pipeline_repo(folder: Path, changes: dict[str, dict[str, Any]], checkout: Path = ROOT) -> dict[str, Any]:
+    """A new git + DVC repo in `folder` holding the pipeline of `checkout` with `changes` made to
+    its params (section by section); returns the params."""
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        shutil.copy(checkout / name, folder / name)
+    for name in ("stages", "flowerpipe"):
+        shutil.copytree(checkout / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    for section, values in changes.items():
+        params[section].update(values)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    os.environ["DVC_NO_ANALYTICS"] = "1"
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    for command in (("git", "init", "-q"), (*DVC, "init", "-q"), ("git", "add", "-A")):
+        run(folder, *command)
+    commit(folder, "pipeline")
+    return params
+
+
+def commit(repo: Path, message: str) -> None:
+    run(
+        repo,
+        "git",
+        "-c",
+        "user.name=bench",
+        "-c",
+        "user.email=bench@example.invalid",
+        "commit",
+        "-qm",
+        message,
+    )
 
 
 def prepared(photos: Path, work: Path, resize: int) -> Prepared:

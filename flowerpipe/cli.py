@@ -76,12 +76,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.command == "predict":
         if args.top_k < 1 or args.batch_size < 1:
             command.error("--top-k and --batch-size must be >= 1")
-        run_main(lambda: predict(args))
+        run_main(lambda: predict(args), summary=False)
     else:
         limits = (args.max_bytes, args.max_pixels, args.max_images)
         if any(v is not None and v < 1 for v in limits) or args.threads < 0:
             command.error("--max-bytes, --max-pixels and --max-images must be >= 1, --threads >= 0")
-        run_main(lambda: serve(args))
+        run_main(lambda: serve(args), summary=False)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TypeVar
 
@@ -40,14 +41,28 @@ def progress(items: Iterable[T], desc: str, total: int | None = None, unit: str 
     return tqdm(items, desc=desc, total=total, unit=unit, disable=disable, leave=False, dynamic_ncols=True)
 
 
-def run_main(main: Callable[[], int | None]) -> None:
+def run_main(main: Callable[[], int | None], summary: bool = True) -> None:
     """Run a command's main() and exit with the status it returns (None: 0); a FlowerpipeError
-    exits 1 with one `error:` line and no traceback (naming the rank in torchrun's other processes)."""
+    exits 1 with one `error:` line and no traceback (naming the rank in torchrun's other processes).
+    With `summary`, a last line gives the wall time and the peak resident memory."""
     setup_logging()
+    start = time.perf_counter()
     try:
         status = main()
     except FlowerpipeError as exc:
         where = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # one of torchrun's processes
         print(f"error: {where}{exc}", file=sys.stderr)
         sys.exit(1)
+    if summary:
+        log.info("done in %.1f s%s", time.perf_counter() - start, peak_memory())
     sys.exit(status or 0)
+
+
+def peak_memory() -> str:
+    """', peak RSS X GiB' of this process; empty where the platform does not say (Windows)."""
+    try:
+        import resource
+    except ImportError:
+        return ""
+    unit = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
+    return f", peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * unit / 2**30:.2f} GiB"

@@ -88,3 +88,21 @@ def test_serve_load_sends_every_request(onnx_model: Path, photos: Path, tmp_path
     assert [(r["clients"], r["requests"], r["failed"]) for r in rows] == [(1, 60, 0), (16, 60, 0)]
     assert all(r["req/s"] > 0 and 0 < r["p50 ms"] <= r["p99 ms"] for r in rows)
     assert (tmp_path / "work/serve.log").read_text().count('"POST /predict HTTP/1.1" 200') == 120
+
+
+def test_scale_makes_distinct_photos_from_the_real_ones(photos: Path, tmp_path: Path) -> None:
+    """The scale benchmark's photos: crops of the given ones, each class's in its folder, no two
+    alike, made once."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import scale
+
+    made = scale.make_photos(photos, tmp_path / "made", 150)
+    files = sorted(made.glob("*/*.jpg"))
+    assert len(files) == 150
+    assert {f.parent.name for f in files} == {p.name for p in photos.iterdir()}
+    assert len({f.read_bytes() for f in files}) == 150
+    originals = {p.read_bytes() for p in photos.glob("*/*.jpg")}
+    assert not originals & {f.read_bytes() for f in files}
+    first = files[0].stat().st_mtime_ns
+    scale.make_photos(photos, tmp_path / "made", 150)
+    assert files[0].stat().st_mtime_ns == first

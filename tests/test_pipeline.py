@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -36,8 +37,9 @@ def reproduced(tmp_path_factory: pytest.TempPathFactory) -> tuple[DvcRepo, str]:
     repo = DvcRepo(base / "repo")
     repo.set_params({**SMALL, "data": {**SMALL["data"], "source": str(photos)}})
     repo.commit("small synthetic params")
-    output = repo.dvc("repro").stdout
+    done = repo.dvc("repro")
     repo.commit("first run")
+    output = done.stdout + done.stderr
     return repo, output
 
 
@@ -49,6 +51,8 @@ def repo(reproduced: tuple[DvcRepo, str], tmp_path: Path) -> DvcRepo:
 
 def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], repo: DvcRepo) -> None:
     assert stages_run(reproduced[1]) == list(STAGES)
+    # each stage ends with its time and memory
+    assert len(re.findall(r"flowerpipe: done in [\d.]+ s, peak RSS [\d.]+ GiB", reproduced[1])) == len(STAGES)
     for out in (
         "models/best.pt",
         "models/model.onnx",
