@@ -77,10 +77,6 @@ class ImageCache:
         f.seek(self.offset + row * self.row_bytes)
         f.write(np.ascontiguousarray(square, dtype=np.uint8).tobytes())
 
-    def select(self, rows: np.ndarray, crop: int | None = None) -> Rows:
-        """`rows` of the cache, read only when sliced, as centre crops of `crop` when given."""
-        return Rows(self, np.asarray(rows, dtype=np.int64), crop)
-
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
@@ -100,8 +96,9 @@ Images = np.ndarray | ImageCache  # uint8 NHWC squares, in memory or in the cach
 
 
 class Rows:
-    """Some rows of images (a split, a sample) that a scorer slices batch by batch: of an
-    `ImageCache`, no more than one batch is ever read into memory."""
+    """Some rows of images (a split, a sample), read only when sliced or indexed by an array of
+    positions, as centre crops of `crop` when given: of an `ImageCache`, no more than one batch is
+    ever read into memory."""
 
     def __init__(self, cache: Images, rows: np.ndarray, crop: int | None = None) -> None:
         self.cache, self.rows, self.crop = cache, rows, crop

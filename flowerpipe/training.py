@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.transforms import v2
 
 from .atomic import atomic_path
@@ -347,7 +347,7 @@ def _train_reader(
         f"{workers} reader processes" if workers else "the training process",
         why,
     )
-    rows = _TrainRows(images, train_idx)
+    rows = Rows(images, train_idx)  # item: the uint8 NHWC images at a batch of positions
 
     def read(positions: Positions) -> Iterator[torch.Tensor]:
         loader = DataLoader(
@@ -368,16 +368,6 @@ def _reader_processes(device: torch.device) -> int:
     """Reader processes that keep a GPU's next batches ready; on the CPU the training process reads
     each batch itself (a copy that takes a thousandth of a step), leaving the cores to training."""
     return min(READERS, os.cpu_count() or 1) if device.type == "cuda" else 0
-
-
-class _TrainRows(Dataset):
-    """The uint8 NHWC train images at a batch of positions in the train split."""
-
-    def __init__(self, images: Images, train_idx: np.ndarray) -> None:
-        self.images, self.train_idx = images, train_idx
-
-    def __getitem__(self, positions: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(self.images[self.train_idx[positions]])
 
 
 def _split_on_device(choice: str, nbytes: int, device: torch.device) -> tuple[bool, str]:

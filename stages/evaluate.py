@@ -1,6 +1,7 @@
 """evaluate: score the best model on the held-out test split (and on val, labelled)."""
 
 from flowerpipe.atomic import write_csv, write_json
+from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
@@ -18,7 +19,7 @@ def main() -> None:
     results = {}
     for split in ("test", "val"):
         idx = data.indices(split)
-        images = data.images.select(idx)  # read a batch at a time
+        images = Rows(data.images, idx)  # read a batch at a time
         logits = predict_logits(model, images, meta["image_size"], cfg.evaluate.batch_size, device)
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
     write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})

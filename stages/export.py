@@ -4,6 +4,7 @@ import os
 import subprocess
 
 from flowerpipe.atomic import atomic_path, write_json
+from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
@@ -36,7 +37,7 @@ def main() -> None:
     cfg = load_config()
     model, meta = load_trained(WEIGHTS)
     data = load_prepared("data/prepared")
-    val = data.images.select(data.indices("val"))  # read a batch at a time
+    val = Rows(data.images, data.indices("val"))  # read a batch at a time
     metadata = onnx_metadata(
         meta["classes"],
         meta["arch"],

@@ -33,7 +33,7 @@ def main() -> None:
     size = meta["image_size"]
 
     def crops(indices: np.ndarray) -> Rows:  # read a batch at a time
-        return data.images.select(indices, crop=size)
+        return Rows(data.images, indices, crop=size)
 
     def calibration(count: int) -> Rows:
         return crops(calibration_indices(data.indices("train"), count))

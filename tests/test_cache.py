@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerpipe.cache import ImageCache
+from flowerpipe.cache import ImageCache, Rows
 from flowerpipe.preprocess import center_crop
 
 
@@ -45,7 +45,7 @@ def test_out_of_range_rows_are_refused(saved: tuple[Path, np.ndarray]) -> None:
 def test_selected_rows_are_read_batch_by_batch_and_cropped(saved: tuple[Path, np.ndarray]) -> None:
     path, array = saved
     rows = np.array([1, 2, 3, 10, 20])
-    chosen = ImageCache(path).select(rows, crop=4)
+    chosen = Rows(ImageCache(path), rows, crop=4)
     assert len(chosen) == 5
     np.testing.assert_array_equal(chosen[1:4], center_crop(array[rows[1:4]], 4))
 
