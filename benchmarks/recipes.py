@@ -27,7 +27,7 @@ from flowerpipe.devices import resolve_device
 from flowerpipe.evaluation import predict_logits
 from flowerpipe.models import build_model
 from flowerpipe.preprocess import resize_size
-from flowerpipe.training import fit, train_size
+from flowerpipe.training import fit
 
 REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for every layer
     "lr": 0.001,
@@ -94,7 +94,7 @@ def main() -> None:
                     "recipe": recipe if recipe in RECIPES else json.dumps(changes, separators=(",", ":")),
                     "seed": seed,
                     "epochs": len(result.history),
-                    "train_size": train_size(cfg, args.size),
+                    "train_size": cfg.train_size(args.size),
                     "seconds": seconds,
                     "best_epoch": result.best_epoch,
                     "val_acc": result.best_val_accuracy,

@@ -11,6 +11,7 @@ from typing import Any, Union
 
 import yaml
 
+from .architectures import check_architecture
 from .errors import ConfigError
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
@@ -157,6 +158,10 @@ class TrainConfig:
             ((name, args),) = step.items()
             _check(isinstance(args, dict | type(None)), f"{key}.{name}", "arguments must be a mapping")
 
+    def train_size(self, image_size: int) -> int:
+        """The side of the augmented training crops: `image_scale` of the evaluation size (FixRes)."""
+        return round(image_size * self.image_scale)
+
     @property
     def recipe(self) -> dict[str, Any]:
         """Every setting that changes what is learnt; `device`, `precision`, `launcher` and
@@ -212,6 +217,10 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    def __post_init__(self) -> None:
+        size = self.data.image_size
+        check_architecture(self.model.arch, self.model.weights, size, self.train.train_size(size))
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

@@ -116,6 +116,11 @@ def check_parity(
     for real, x in itertools.chain(photos, noise):
         with torch.inference_mode():
             expected = model(torch.from_numpy(x)).numpy()
+        if not np.isfinite(expected).all():
+            raise ParityError(
+                f"{shown_as or onnx_path}: PyTorch's own logits are not finite (NaN or inf), so there is "
+                "nothing to compare: the weights are broken (did training diverge?)"
+            )
         actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
         diff = np.abs(actual - expected)
         max_abs = max(max_abs, float(diff.max()))

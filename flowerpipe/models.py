@@ -144,24 +144,31 @@ def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:
     if spec == "none":
         return []
     if spec == "backbone":
-        names = backbone_modules(model)
-    else:
-        known = dict(model.named_modules())
-        for name in spec:
-            if not name or name not in known:
-                top = ", ".join(n for n, _ in model.named_children())
-                raise ConfigError(
-                    "train.freeze", f"{type(model).__name__} has no module {name!r} (top level: {top})"
-                )
-        names = list(spec)
-    for name in names:
+        learn_backbone(model, False)
+        return backbone_modules(model)
+    known = dict(model.named_modules())
+    for name in spec:
+        if not name or name not in known:
+            top = ", ".join(n for n, _ in model.named_children())
+            raise ConfigError(
+                "train.freeze", f"{type(model).__name__} has no module {name!r} (top level: {top})"
+            )
         model.get_submodule(name).requires_grad_(False)
-    return names
+    return list(spec)
 
 
 def backbone_modules(model: nn.Module) -> list[str]:
     """The largest modules that are not, and do not hold, the classifier head."""
     return _complement(model, head_name(model))
+
+
+def learn_backbone(model: nn.Module, on: bool) -> None:
+    """Let every parameter outside the head learn, or stop it: those of `backbone_modules` and the
+    model's own (ViT's class token belongs to no module)."""
+    for name in backbone_modules(model):
+        model.get_submodule(name).requires_grad_(on)
+    for parameter in model.parameters(recurse=False):
+        parameter.requires_grad_(on)
 
 
 def num_outputs(model: nn.Module) -> int:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -42,7 +43,7 @@ from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from .errors import ConfigError, FlowerpipeError
 from .evaluation import predict_logits
-from .models import backbone_modules, freeze, head_name, num_outputs, train_mode
+from .models import backbone_modules, freeze, head_name, learn_backbone, num_outputs, train_mode
 from .schedule import lr_factor, set_learning_rates
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
@@ -82,11 +83,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     optimizer = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
     return optimizer(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def train_size(cfg: TrainConfig, image_size: int) -> int:
-    """The side of the augmented training crops: `image_scale` of the evaluation size (FixRes)."""
-    return round(image_size * cfg.image_scale)
 
 
 def make_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
@@ -129,12 +125,10 @@ class Run:
     def learn_backbone(self, on: bool) -> list[str]:
         """Let the pretrained layers learn, or hold them as loaded (BatchNorm statistics included)
         while the head learns alone; returns the modules to keep in eval mode."""
-        backbone = backbone_modules(self.model)
-        for name in backbone:
-            self.model.get_submodule(name).requires_grad_(on)
+        learn_backbone(self.model, on and self.cfg.freeze != "backbone")
         for name in self.frozen:
             self.model.get_submodule(name).requires_grad_(False)
-        return self.frozen if on else backbone + self.frozen
+        return self.frozen if on else backbone_modules(self.model) + self.frozen
 
     def weights(self) -> dict[str, torch.Tensor]:
         """The weights validation scores: the model's, with the moving average in place when on."""
@@ -224,7 +218,7 @@ def fit(
     if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
         feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
     if feed is None:
-        feed = _image_feed(run, images, train_idx, val_share, train_size(cfg, image_size), image_size)
+        feed = _image_feed(run, images, train_idx, val_share, cfg.train_size(image_size), image_size)
     run.average(feed.net, saved)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
     val_y = torch.from_numpy(labels[val_share])
@@ -267,6 +261,8 @@ def fit(
             "train_images_per_second": seen / train_seconds,
         }
         _log_epoch(metrics, cfg.epochs)
+        if not math.isfinite(val_loss):
+            log.warning("epoch %d: the val loss is %s: training diverged; lower train.lr", epoch, val_loss)
         _keep_best(run, metrics, keep_state=rank == 0)
         stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
         run.result.finished = epoch == cfg.epochs or bool(stop)
@@ -404,11 +400,9 @@ def _feature_feed(
                     batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
                     x = normalize(center_crop_batch(batch, size))
                     outputs.append(model(x.contiguous(memory_format=torch.channels_last)).float())
-            direct = torch.cat(outputs)
-            feats = torch.cat(captured)
-            if feats.shape[0] != direct.shape[0] or not torch.allclose(
-                head(feats).float(), direct, atol=1e-3
-            ):
+            direct, feats = torch.cat(outputs), torch.cat(captured)
+            from_feats = head(feats).float()  # shapes first: SqueezeNet's head outputs a map it pools later
+            if from_feats.shape != direct.shape or not torch.allclose(from_feats, direct, atol=1e-3):
                 log.info("the head is not the model's last step: training the whole frozen model instead")
                 return None
     finally:

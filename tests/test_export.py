@@ -111,6 +111,17 @@ def test_parity_fails_on_top1_disagreement(
         export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
 
 
+def test_parity_names_broken_weights_before_comparing(
+    onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
+) -> None:
+    """NaN logits compare as equal to nothing: the error says the weights are broken."""
+    changed = copy.deepcopy(classifier)
+    with torch.no_grad():
+        changed.fc.bias[1] = float("nan")
+    with pytest.raises(ParityError, match="PyTorch's own logits are not finite"):
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+
+
 def test_top1_classes_tied_within_the_tolerance_agree() -> None:
     expected = np.array([[1.0, 1.0 + 1e-7, 0.0], [2.0, 0.0, 1.0], [0.0, 1.0, 0.9]])
     actual = np.array([[1.0 + 2e-7, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.9, 1.0]])

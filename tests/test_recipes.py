@@ -535,6 +535,11 @@ def test_streamed_batches_train_what_the_split_held_whole_does(
         assert torch.equal(streamed_model.state_dict()[key], value), key
 
 
+def test_a_diverged_run_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    fit(TrainConfig(epochs=1, batch_size=8, lr=1e6, augment=[], precision="fp32"))
+    assert "epoch 1: the val loss is nan: training diverged; lower train.lr" in caplog.text
+
+
 def test_the_cpu_streams_unless_told(caplog: pytest.LogCaptureFixture) -> None:
     READ.clear()
     caplog.set_level(logging.INFO, logger="flowerpipe")

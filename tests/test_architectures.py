@@ -1,0 +1,177 @@
+"""Every family of torchvision classifiers through the real code paths at a small input, and the
+rules that refuse a model up front (flowerpipe.architectures). benchmarks/matrix.py runs all 80."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision.models as tvm
+
+from flowerpipe.architectures import MIN_SIDES, input_side, parameters
+from flowerpipe.config import config_from_dict
+from flowerpipe.errors import ConfigError
+from flowerpipe.export import check_parity, export_onnx, onnx_metadata
+from flowerpipe.models import build_model, freeze, head_name
+from flowerpipe.training import fit
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CPU = torch.device("cpu")
+CLASSES = ["a", "b", "c"]
+FALLBACK = "the head is not the model's last step"
+
+FAMILIES = [  # (model, input side): each family's smallest member at its smallest side
+    ("resnet18", 16),
+    ("vgg11", 32),
+    ("squeezenet1_1", 64),  # its head's output is a map, pooled after: at 64 px a 3 x 3 one
+    ("densenet121", 29),
+    ("mobilenet_v2", 16),
+    ("mobilenet_v3_small", 16),
+    ("efficientnet_b0", 16),
+    ("regnet_x_400mf", 16),
+    ("shufflenet_v2_x0_5", 16),
+    ("mnasnet0_5", 16),
+    ("convnext_tiny", 32),  # ends in LayerNorm
+    ("swin_t", 16),  # ends in LayerNorm; pads to its attention windows
+    ("vit_b_32", 224),  # one input side only
+    ("maxvit_t", 224),  # one input side only
+    ("googlenet", 16),  # auxiliary heads
+    ("inception_v3", 75),  # auxiliary heads
+]
+
+
+def photos(side: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC squares a few pixels larger than `side` (as prepare caches them) and labels."""
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, side + 4, side + 4, 3), dtype=np.uint8), np.arange(count) % 3
+
+
+@pytest.mark.parametrize(("arch", "side"), FAMILIES)
+def test_family_trains_freezes_and_exports(
+    arch: str, side: int, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Validation accepts it; one augmented training step moves every layer; with a frozen backbone
+    and no augmentation only the head learns (on features computed once, or through the whole
+    model where the head is not the last step); the ONNX file matches PyTorch."""
+    caplog.set_level(logging.INFO, logger="flowerpipe")
+    cfg = config_from_dict({"data": {"image_size": side}, "model": {"arch": arch, "weights": None}})
+    one_step = replace(cfg.train, epochs=1, batch_size=8, precision="fp32")  # RegNet diverges on 4
+    images, labels = photos(side, 12)
+    train, val = np.arange(8), np.arange(8, 12)
+
+    model = build_model(arch, None, len(CLASSES))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fit(model, images, labels, train, val, one_step, side, CPU)
+    head = f"{head_name(model)}."
+    moved = {k.partition(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert moved == {name.partition(".")[0] for name, _ in model.named_parameters()}
+
+    frozen = build_model(arch, None, len(CLASSES), seed=1)
+    freeze(frozen, "backbone")  # as fit does: only the head's parameters learn
+    assert all(name.startswith(head) for name, p in frozen.named_parameters() if p.requires_grad)
+    before = {k: v.clone() for k, v in frozen.state_dict().items()}
+    fit(frozen, images, labels, train, val, replace(one_step, freeze="backbone", augment=[]), side, CPU)
+    changed = {k for k, v in frozen.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(k.startswith(head) for k in changed)
+    assert (FALLBACK in caplog.text) == arch.startswith("squeezenet")
+
+    onnx = tmp_path / "model.onnx"
+    export_onnx(model, onnx, side, onnx_metadata(CLASSES, arch, side, side + 4))
+    e = cfg.export
+    parity = check_parity(model, onnx, images, side, e.rtol, e.atol, e.min_top1_agreement)
+    assert parity["within_tolerance"] and parity["images"] == len(images)
+
+
+# the smallest model of each family that needs more than 16 px, and the one-side models
+SIDE_CASES = [
+    min((a for a in tvm.list_models(module=tvm) if a.startswith(prefix)), key=parameters)
+    for prefix in MIN_SIDES
+] + ["vit_b_32", "maxvit_t"]
+
+
+@pytest.mark.parametrize("arch", SIDE_CASES)
+def test_the_side_rule_is_exact(arch: str) -> None:
+    """The model runs at the side the rule gives and fails one pixel below it (or, where it takes
+    one side only, at others), where validation refuses it."""
+    side, fixed = input_side(arch, None)
+    model = tvm.get_model(arch).eval()
+    wrong = [side // 2, side + 32] if fixed else [side - 1]
+    with torch.inference_mode():
+        assert model(torch.zeros(1, 3, side, side)).shape == (1, 1000)
+        for size in wrong:
+            with pytest.raises((RuntimeError, AssertionError)):  # a layer's shape check, or ViT's own
+                model(torch.zeros(1, 3, size, size))
+            with pytest.raises(ConfigError, match=f"model.arch: {arch} (needs|takes only)"):
+                config_from_dict({"data": {"image_size": size}, "model": {"arch": arch, "weights": None}})
+
+
+def refusal(arch: str, size: int = 224, scale: float = 1.0, weights: str | None = None) -> str:
+    with pytest.raises(ConfigError) as caught:
+        params = {"data": {"image_size": size}, "train": {"image_scale": scale}}
+        config_from_dict({**params, "model": {"arch": arch, "weights": weights}})
+    (line,) = str(caught.value).splitlines()
+    return line
+
+
+def test_a_fixed_side_model_names_the_side_it_needs() -> None:
+    assert refusal("vit_b_16", 128) == (
+        "params.yaml: model.arch: vit_b_16 takes only 224 px inputs: it needs data.image_size 224 "
+        "(got 128 px, training crops 128 px)"
+    )
+    assert refusal("maxvit_t", 256, weights="DEFAULT").endswith(
+        "maxvit_t takes only 224 px inputs: it needs data.image_size 224 (got 256 px, training crops 256 px)"
+    )
+    # weights trained at another side set it
+    assert refusal("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1").endswith(
+        "takes only 384 px inputs: it needs data.image_size 384 (got 224 px, training crops 224 px)"
+    )
+    config_from_dict(
+        {"data": {"image_size": 384}, "model": {"arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"}}
+    )
+
+
+def test_a_fixed_side_model_names_every_key_to_change() -> None:
+    """params.yaml's own sides (256 px, training crops 7/8 of it) need both keys changed: one line says so."""
+    assert refusal("vit_b_32", 256, scale=0.875).endswith(
+        "vit_b_32 takes only 224 px inputs: it needs data.image_size 224 and train.image_scale 1 "
+        "(got 256 px, training crops 224 px)"
+    )
+    assert refusal("vit_b_32", 224, scale=0.5).endswith(
+        "it needs train.image_scale 1 (got 224 px, training crops 112 px)"
+    )
+
+
+def test_a_model_with_a_smallest_side_names_it() -> None:
+    assert (
+        refusal("inception_v3", 64)
+        == "params.yaml: model.arch: inception_v3 needs data.image_size >= 75 (got 64)"
+    )
+    assert refusal("inception_v3", 96, scale=0.5) == (
+        "params.yaml: model.arch: inception_v3 needs training crops >= 75 px "
+        "(data.image_size x train.image_scale gives 48)"
+    )
+    config_from_dict({"data": {"image_size": 75}, "model": {"arch": "inception_v3"}})
+
+
+@pytest.mark.parametrize("arch", ["vit_h_14", "regnet_y_128gf"])
+def test_a_model_past_the_single_file_onnx_limit_is_refused(arch: str) -> None:
+    """Its float32 weights alone pass protobuf's 2 GiB: whatever the input side, no run starts."""
+    line = refusal(arch, 518)
+    assert line.startswith(f"params.yaml: model.arch: {arch} has 6")
+    assert "past the 2 GiB limit of one ONNX file" in line and "choose a model under 536 M parameters" in line
+
+
+def test_every_other_model_is_accepted_at_its_smallest_side() -> None:
+    refused = []
+    for arch in tvm.list_models(module=tvm):
+        side, _ = input_side(arch, None)
+        try:
+            config_from_dict({"data": {"image_size": side}, "model": {"arch": arch, "weights": None}})
+        except ConfigError:
+            refused.append(arch)
+    assert refused == ["regnet_y_128gf", "vit_h_14"]
