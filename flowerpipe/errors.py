@@ -29,5 +29,9 @@ class QuantizationError(FlowerpipeError):
     """The int8 model loses more accuracy than allowed."""
 
 
+class TrainingError(FlowerpipeError):
+    """Training cannot go on: the weights, or what they predict, stopped being numbers."""
+
+
 class ImageTooLarge(FlowerpipeError):
     """An image declares more pixels than the caller accepts (a decompression bomb, perhaps)."""

@@ -122,6 +122,11 @@ def check_parity(
                 "nothing to compare: the weights are broken (did training diverge?)"
             )
         actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        if not np.isfinite(actual).all():
+            raise ParityError(
+                f"{shown_as or onnx_path}: ONNX Runtime's logits are not finite where PyTorch's are "
+                f"(NaN or inf in {int((~np.isfinite(actual)).sum())} of {actual.size})"
+            )
         diff = np.abs(actual - expected)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))

@@ -57,6 +57,9 @@ EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 32  # val photos whose activations rank the nodes
 BATCH = 8  # photos per calibration run: histogram methods hold every activation of one batch
+# The most bytes of activations calibration, or the sensitivity ranking, holds at once: a model
+# whose photos make more calibrates fewer at a time (ViT-L/16 at 224 px, 8 at a time, passed 24 GiB).
+ACTIVATION_BYTES = 2 * 2**30
 
 
 @dataclass(frozen=True)
@@ -114,10 +117,11 @@ def quantize_int8(
     fp32 = Predictor(fp32_path)
     # ONNX Runtime prints a line per calibration batch
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+        prepared = prepared or pre_process(fp32_path, Path(tmp))
         quantize_static(
-            prepared or pre_process(fp32_path, Path(tmp)),
+            prepared,
             int8_path,
-            _Batches(fp32, calibration, BATCH),
+            _Batches(fp32, calibration, photos_held(prepared, BATCH)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=setting.weight_bits == 7,
@@ -136,6 +140,22 @@ def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> Path:
     prepared = folder / "prepared.onnx"
     quant_pre_process(str(fp32_path), str(prepared))
     return prepared
+
+
+def activation_bytes(prepared: str | os.PathLike[str]) -> int:
+    """The bytes of float activations one photo makes in a model that `pre_process` made: every
+    tensor shape inference sized, as ONNX Runtime's calibration and debugging tools keep them."""
+    float32 = onnx.TensorProto.FLOAT
+    return sum(
+        4 * math.prod(d.dim_value or 1 for d in v.type.tensor_type.shape.dim[1:])
+        for v in onnx.load(str(prepared)).graph.value_info
+        if v.type.tensor_type.elem_type == float32
+    )
+
+
+def photos_held(prepared: str | os.PathLike[str], most: int, copies: int = 1) -> int:
+    """How many photos' activations, `copies` of them each, fit in ACTIVATION_BYTES: 1 to `most`."""
+    return max(1, min(most, ACTIVATION_BYTES // max(1, copies * activation_bytes(prepared))))
 
 
 def _set_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> None:
@@ -252,12 +272,14 @@ def sensitive_nodes(
     (Relu, Clip) up to the weighted node before: for the input to stay in float, its producers
     must too."""
     fp32 = Predictor(fp32_path)
+    crops = crops[: photos_held(prepared, len(crops), copies=3)]  # fp32's, and int8's with its QDQ pairs
+    batch = photos_held(prepared, BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         float_aug, int8_aug = str(Path(tmp) / "f.onnx"), str(Path(tmp) / "q.onnx")
         modify_model_output_intermediate_tensors(prepared, float_aug)
         modify_model_output_intermediate_tensors(str(int8_path), int8_aug)
-        float_acts = collect_activations(float_aug, _Batches(fp32, crops, BATCH))
-        int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, BATCH))
+        float_acts = collect_activations(float_aug, _Batches(fp32, crops, batch))
+        int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, batch))
         nodes = onnx.load(str(prepared)).graph.node
     errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
     sqnr = {name: e["xmodel_err"] for name, e in errors.items()}

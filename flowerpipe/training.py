@@ -22,6 +22,7 @@ import json
 import math
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +42,7 @@ from .config import TrainConfig
 from .console import log, progress
 from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
-from .errors import ConfigError, FlowerpipeError
+from .errors import ConfigError, FlowerpipeError, TrainingError
 from .evaluation import predict_logits
 from .models import backbone_modules, freeze, head_name, learn_backbone, num_outputs, train_mode
 from .schedule import lr_factor, set_learning_rates
@@ -261,8 +262,7 @@ def fit(
             "train_images_per_second": seen / train_seconds,
         }
         _log_epoch(metrics, cfg.epochs)
-        if not math.isfinite(val_loss):
-            log.warning("epoch %d: the val loss is %s: training diverged; lower train.lr", epoch, val_loss)
+        _check_finite(run, epoch, val_loss)
         _keep_best(run, metrics, keep_state=rank == 0)
         stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
         run.result.finished = epoch == cfg.epochs or bool(stop)
@@ -501,10 +501,30 @@ def _keep_best(run: Run, metrics: dict[str, float], keep_state: bool) -> None:
     if metrics["val/accuracy"] > r.best_val_accuracy:
         r.best_val_accuracy, r.best_epoch = metrics["val/accuracy"], int(metrics["epoch"])
         if keep_state:
-            r.best_state = {k: v.detach().cpu().clone() for k, v in run.weights().items()}
+            r.best_state = _cpu_copy(run.weights())
         run.since_best = 0
     else:
         run.since_best += 1
+
+
+def _check_finite(run: Run, epoch: int, val_loss: float) -> None:
+    """Stop, before the epoch is kept or checkpointed, once a weight or the val loss is NaN or inf."""
+    broken = next(
+        (n for n, t in run.weights().items() if t.is_floating_point() and not t.isfinite().all()), None
+    )
+    if broken is None and math.isfinite(val_loss):
+        return
+    what = f"the weights of {broken} are not finite (NaN or inf)" if broken else f"the val loss is {val_loss}"
+    bf16 = ", or try train.precision: fp32 (this run computes in bf16)" if run.dtype == torch.bfloat16 else ""
+    raise TrainingError(f"epoch {epoch}: {what}: training diverged; lower train.lr{bf16}")
+
+
+def _cpu_copy(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a state_dict on the CPU that keeps its module versions (`_metadata`), which some
+    models' loaders check (MNASNet's refuses a state without them)."""
+    copied = OrderedDict((k, v.detach().cpu().clone()) for k, v in state.items())
+    copied._metadata = getattr(state, "_metadata", OrderedDict())
+    return copied
 
 
 def _log_epoch(m: dict[str, float], epochs: int) -> None:

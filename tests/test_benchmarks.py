@@ -71,6 +71,35 @@ def test_benchmark_writes_its_table(
         assert f"results/{name}.json" in done.stdout
 
 
+def test_matrix_runs_a_model_through_every_step_and_refuses_another(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            *(sys.executable, "benchmarks/matrix.py", "--models", "squeezenet1_1,vit_h_14"),
+            *("--work", str(tmp_path / "work"), "--results", str(tmp_path)),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    ran, refused = json.loads((tmp_path / "matrix.json").read_text())["rows"]
+    steps = ("build", "train", "frozen", "evaluate", "export", "int8")
+    assert all(isinstance(ran[step], float) for step in steps), ran
+    assert ran["int8_gate"] == "passed" or ran["int8_gate"].startswith("refused: "), ran
+    assert (ran["side"], ran["frozen_path"], ran["side_exact"]) == (17, "whole model", True)
+    assert "past the 2 GiB limit of one ONNX file" in refused["refused"]
+    table = (tmp_path / "matrix.md").read_text().splitlines()
+    assert table[2].startswith("| squeezenet1_1 | 0.7 M | >= 17 |") and "(whole model)" in table[2]
+    assert table[3].startswith("| vit_h_14 | | 224 only | refused: model.arch: vit_h_14 has 633 M parameters")
+
+    # --update reruns some models and keeps the others' rows
+    again = [*done.args[:3], "vit_h_14,regnet_y_128gf", *done.args[4:], "--update"]
+    assert subprocess.run(again, cwd=REPO, capture_output=True).returncode == 0
+    rows = json.loads((tmp_path / "matrix.json").read_text())["rows"]
+    assert [row["model"] for row in rows] == ["squeezenet1_1", "vit_h_14", "regnet_y_128gf"]
+    assert rows[0] == ran
+
+
 def test_serve_load_sends_every_request(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
     done = subprocess.run(
         [

@@ -122,6 +122,22 @@ def test_parity_names_broken_weights_before_comparing(
         export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
 
 
+def test_parity_names_an_onnx_file_that_gives_nan(
+    classifier: torch.nn.Module, images: np.ndarray, tmp_path: Path
+) -> None:
+    """NaN from ONNX Runtime where PyTorch's logits are finite is a failure said as such, not a
+    "max abs diff 0" (NaN is never larger than a number)."""
+    broken = copy.deepcopy(classifier)
+    with torch.no_grad():
+        broken.fc.bias[1] = float("nan")
+    path = tmp_path / "model.onnx"
+    export.export_onnx(
+        broken, path, IMAGE_SIZE, export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE)
+    )
+    with pytest.raises(ParityError, match="ONNX Runtime's logits are not finite where PyTorch's are"):
+        export.check_parity(classifier, path, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+
+
 def test_top1_classes_tied_within_the_tolerance_agree() -> None:
     expected = np.array([[1.0, 1.0 + 1e-7, 0.0], [2.0, 0.0, 1.0], [0.0, 1.0, 0.9]])
     actual = np.array([[1.0 + 2e-7, 1.0, 0.0], [0.0, 2.0, 1.0], [0.0, 0.9, 1.0]])

@@ -9,23 +9,30 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 from onnx import numpy_helper
+from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
-from flowerpipe import export
+from flowerpipe import export, quantize
 from flowerpipe.errors import QuantizationError
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import center_crop
 from flowerpipe.quantize import (
+    BATCH,
     METHODS,
     WEIGHT_LIMIT,
     Setting,
+    _Batches,
     accuracy,
+    activation_bytes,
     calibration_indices,
     check_accuracy_drop,
     largest_int8_weight,
+    photos_held,
+    pre_process,
     quantize_int8,
     search_int8,
 )
@@ -202,3 +209,25 @@ def test_search_refuses_when_no_setting_keeps_the_accuracy(
     )
     assert f"in {len(METHODS) + 1 + 4} settings; the best" in message
     assert not path.exists()
+
+
+def test_calibration_holds_a_bounded_share_of_activations(
+    onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The activation count is what ONNX Runtime's calibration keeps of one photo, and a model whose
+    photos pass the budget calibrates fewer at a time (ViT-L/16 at 224 px made 24 GiB of batch 8)."""
+    prepared = pre_process(onnx_model, tmp_path)
+    augmented = tmp_path / "all_outputs.onnx"
+    modify_model_output_intermediate_tensors(str(prepared), str(augmented))
+    photo = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    outputs = ort.InferenceSession(str(augmented)).run(None, {export.INPUT_NAME: photo})
+    kept = sum(o.nbytes for o in outputs if o.dtype == np.float32)
+    assert 0.9 * kept <= activation_bytes(prepared) <= 1.1 * kept
+
+    assert photos_held(prepared, BATCH) == BATCH
+    monkeypatch.setattr(quantize, "ACTIVATION_BYTES", 3 * kept)
+    assert (photos_held(prepared, BATCH), photos_held(prepared, BATCH, copies=3)) == (3, 1)
+    seen = []
+    monkeypatch.setattr(quantize, "_Batches", lambda *args: seen.append(args[2]) or _Batches(*args))
+    quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8))
+    assert seen == [3]

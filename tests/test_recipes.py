@@ -18,7 +18,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook, register_op
 from flowerpipe import training
 from flowerpipe.config import TrainConfig
 from flowerpipe.devices import autocast_dtype
-from flowerpipe.errors import ConfigError, FlowerpipeError
+from flowerpipe.errors import ConfigError, FlowerpipeError, TrainingError
 from flowerpipe.models import Head, build_model, freeze, head_name, load_trained, save_trained, train_mode
 from flowerpipe.schedule import lr_factor
 
@@ -535,9 +535,11 @@ def test_streamed_batches_train_what_the_split_held_whole_does(
         assert torch.equal(streamed_model.state_dict()[key], value), key
 
 
-def test_a_diverged_run_says_so(caplog: pytest.LogCaptureFixture) -> None:
-    fit(TrainConfig(epochs=1, batch_size=8, lr=1e6, augment=[], precision="fp32"))
-    assert "epoch 1: the val loss is nan: training diverged; lower train.lr" in caplog.text
+@pytest.mark.parametrize(("precision", "hint"), [("fp32", ""), ("bf16", ", or try train.precision: fp32 .*")])
+def test_a_diverged_run_stops_and_says_so(precision: str, hint: str) -> None:
+    diverged = rf"^epoch 1: the weights of \S+ are not finite .*: training diverged; lower train.lr{hint}$"
+    with pytest.raises(TrainingError, match=diverged):
+        fit(TrainConfig(epochs=1, batch_size=8, lr=1e6, augment=[], precision=precision))
 
 
 def test_the_cpu_streams_unless_told(caplog: pytest.LogCaptureFixture) -> None:
