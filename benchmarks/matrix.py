@@ -15,7 +15,7 @@ smallest side is above data.image_size's floor for the layers' sake (not RegNet'
 exact: validation refuses one pixel less (32 more for a one-side model), and the model itself fails
 there.
 
-    uv run python benchmarks/matrix.py                   # all 80, about N minutes on 2 cores
+    uv run python benchmarks/matrix.py                   # all 80, 52 min on 2 cores (README: Models)
     uv run python benchmarks/matrix.py --models resnet18,vit_b_16
     uv run python benchmarks/matrix.py --models mnasnet0_5 --update   # rerun one row of the table
 """

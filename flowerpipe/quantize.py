@@ -138,7 +138,11 @@ def quantize_int8(
 def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> Path:
     """The model at `fp32_path` folded and shape-inferred for quantization, written in `folder`."""
     prepared = folder / "prepared.onnx"
-    quant_pre_process(str(fp32_path), str(prepared))
+    try:
+        quant_pre_process(str(fp32_path), str(prepared))
+    except Exception as exc:  # ONNX Runtime's symbolic shape inference fails on some graphs (Swin V2's)
+        log.info("symbolic shape inference failed (%s: %s): ONNX's own instead", type(exc).__name__, exc)
+        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
     return prepared
 
 

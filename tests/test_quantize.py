@@ -231,3 +231,23 @@ def test_calibration_holds_a_bounded_share_of_activations(
     monkeypatch.setattr(quantize, "_Batches", lambda *args: seen.append(args[2]) or _Batches(*args))
     quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8))
     assert seen == [3]
+
+
+def test_pre_process_falls_back_to_onnx_shape_inference(
+    onnx_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ONNX Runtime's symbolic shape inference raises on some graphs (Swin V2's Expand): ONNX's own
+    shape inference sizes the tensors instead, and calibration goes on."""
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    sized = activation_bytes(pre_process(onnx_model, tmp_path))
+    (tmp_path / "fallback").mkdir()
+
+    def fails(*args: object, **kwargs: object) -> None:
+        raise TypeError("object of type 'NoneType' has no len()")
+
+    monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", fails)
+    fallback = pre_process(onnx_model, tmp_path / "fallback")
+    assert activation_bytes(fallback) >= sized  # ONNX's inference sizes at least the same tensors
+    quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8), prepared=fallback)
+    assert largest_int8_weight(tmp_path / "int8.onnx") <= WEIGHT_LIMIT
