@@ -121,7 +121,7 @@ def quantize_int8(
         quantize_static(
             prepared,
             int8_path,
-            _Batches(fp32, calibration, photos_held(prepared, BATCH)),
+            _Batches(fp32, calibration, photos_held(activation_bytes(prepared), BATCH)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=setting.weight_bits == 7,
@@ -157,9 +157,10 @@ def activation_bytes(prepared: str | os.PathLike[str]) -> int:
     )
 
 
-def photos_held(prepared: str | os.PathLike[str], most: int, copies: int = 1) -> int:
-    """How many photos' activations, `copies` of them each, fit in ACTIVATION_BYTES: 1 to `most`."""
-    return max(1, min(most, ACTIVATION_BYTES // max(1, copies * activation_bytes(prepared))))
+def photos_held(per_photo: int, most: int, copies: int = 1) -> int:
+    """How many photos' activations (`per_photo` bytes, `copies` of them each) fit in
+    ACTIVATION_BYTES: 1 to `most`."""
+    return max(1, min(most, ACTIVATION_BYTES // max(1, copies * per_photo)))
 
 
 def _set_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> None:
@@ -276,8 +277,9 @@ def sensitive_nodes(
     (Relu, Clip) up to the weighted node before: for the input to stay in float, its producers
     must too."""
     fp32 = Predictor(fp32_path)
-    crops = crops[: photos_held(prepared, len(crops), copies=3)]  # fp32's, and int8's with its QDQ pairs
-    batch = photos_held(prepared, BATCH)
+    per_photo = activation_bytes(prepared)  # one read of the graph
+    crops = crops[: photos_held(per_photo, len(crops), copies=3)]  # fp32's, and int8's with its QDQ pairs
+    batch = photos_held(per_photo, BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         float_aug, int8_aug = str(Path(tmp) / "f.onnx"), str(Path(tmp) / "q.onnx")
         modify_model_output_intermediate_tensors(prepared, float_aug)

@@ -224,9 +224,10 @@ def test_calibration_holds_a_bounded_share_of_activations(
     kept = sum(o.nbytes for o in outputs if o.dtype == np.float32)
     assert 0.9 * kept <= activation_bytes(prepared) <= 1.1 * kept
 
-    assert photos_held(prepared, BATCH) == BATCH
+    per_photo = activation_bytes(prepared)
+    assert photos_held(per_photo, BATCH) == BATCH
     monkeypatch.setattr(quantize, "ACTIVATION_BYTES", 3 * kept)
-    assert (photos_held(prepared, BATCH), photos_held(prepared, BATCH, copies=3)) == (3, 1)
+    assert (photos_held(per_photo, BATCH), photos_held(per_photo, BATCH, copies=3)) == (3, 1)
     seen = []
     monkeypatch.setattr(quantize, "_Batches", lambda *args: seen.append(args[2]) or _Batches(*args))
     quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8))
