@@ -188,6 +188,7 @@ class _Tried:
     setting: Setting
     val_accuracy: float
     val_drop_points: float
+    val_error_points: float  # the drop's standard error
     seconds: float
     path: Path = field(repr=False)
 
@@ -196,6 +197,7 @@ class _Tried:
         return found | {
             "val_accuracy": self.val_accuracy,
             "val_drop_points": round(self.val_drop_points, 3),
+            "val_drop_error_points": round(self.val_error_points, 3),
             "seconds": round(self.seconds, 1),
         }
 
@@ -210,16 +212,20 @@ def search_int8(
     calibration_images: int,
     shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Write the fastest int8 model found whose val accuracy is within `max_drop_points` of fp32's,
-    and return what was tried and chosen; raise QuantizationError, with the best reached and naming
-    the file `shown_as` (default `int8_path`), if none is.
+    """Write the fastest int8 model found whose val accuracy is within `max_drop_points` of fp32's
+    by a margin, and return what was tried and chosen; raise QuantizationError, with the best
+    reached and naming the file `shown_as` (default `int8_path`), if none is within them at all.
 
-    `calibration(n)` gives the crops of up to n calibration photos. In order, each tried only while
-    none passed: the calibrations of SEARCH; then the best of them with the 1, 2, 4 and 8 nodes
-    whose output loses the most signal to quantization left in float. The calibrations share one
-    graph and so one speed; each node left in float slows the model, so the first to pass is the
-    fastest."""
-    fp32_val = accuracy(fp32_path, val_crops, val_labels)
+    The margin is the drop's standard error (`drop_error_points`): the test split, which the
+    stage's gate judges, is another sample, and a model just inside on val lands outside on test
+    about as often as not. `calibration(n)` gives the crops of up to n calibration photos. In
+    order, each tried only while none passed: the calibrations of SEARCH; then the best of them
+    with the 1, 2, 4 and 8 nodes whose output loses the most signal to quantization left in float.
+    The calibrations share one graph and so one speed; each node left in float slows the model, so
+    the first to pass is the fastest. If none passes with its margin, the one with the best val
+    accuracy is kept if it is within `max_drop_points` without one."""
+    fp32_right = correct(fp32_path, val_crops, val_labels)
+    fp32_val = float(fp32_right.mean())
     tried: list[_Tried] = []
     with tempfile.TemporaryDirectory() as tmp:
         prepared = pre_process(fp32_path, Path(tmp))  # once for every try
@@ -229,11 +235,13 @@ def search_int8(
             path, start = Path(tmp) / f"{len(tried)}.onnx", time.perf_counter()
             cache = Path(tmp) / f"{setting.method}-{len(crops)}.json"  # ranges reused by later tries
             quantize_int8(fp32_path, path, crops, setting, cache=cache, prepared=prepared)
-            val = accuracy(path, val_crops, val_labels)
-            tried.append(_Tried(setting, val, drop_points(fp32_val, val), time.perf_counter() - start, path))
-            drop = tried[-1].val_drop_points
-            log.info("int8, %s: val %.2f%%, %.2f points below fp32", setting.describe(), 100 * val, drop)
-            return drop <= max_drop_points
+            right = correct(path, val_crops, val_labels)
+            val, error = float(right.mean()), drop_error_points(fp32_right, right)
+            drop = drop_points(fp32_val, val)
+            tried.append(_Tried(setting, val, drop, error, time.perf_counter() - start, path))
+            shown = (setting.describe(), 100 * val, drop, error)
+            log.info("int8, %s: val %.2f%%, %.2f ± %.2f points below fp32", *shown)
+            return drop + error <= max_drop_points
 
         def best() -> _Tried:
             return min(tried, key=lambda t: t.val_drop_points)
@@ -252,12 +260,21 @@ def search_int8(
             floats = [sum(ranked[:k], ()) for k in EXCLUDED_STEPS if k <= len(ranked)]
             found = any(passes(replace(start.setting, excluded_nodes=f), crops) for f in floats)
         chosen = tried[-1] if found else best()
-        if not found:
+        if chosen.val_drop_points > max_drop_points:
             raise QuantizationError(
                 f"{shown_as or int8_path}: no int8 model kept the val accuracy within "
                 f"{max_drop_points:g} points of fp32 {fp32_val:.2%} (export.max_accuracy_drop) in "
                 f"{len(tried)} settings; the best, "
                 f"{chosen.setting.describe()}, lost {chosen.val_drop_points:.2f}"
+            )
+        if not found:
+            log.warning(
+                "int8: no setting kept val within %g points of fp32 by its standard error; kept the "
+                "best, %s, %.2f ± %.2f points below: the test split decides",
+                max_drop_points,
+                chosen.setting.describe(),
+                chosen.val_drop_points,
+                chosen.val_error_points,
             )
         shutil.copyfile(chosen.path, int8_path)
     record = {"chosen": chosen.record(), "val_accuracy": {"fp32": fp32_val, "int8": chosen.val_accuracy}}
@@ -304,20 +321,32 @@ def sensitive_nodes(
     return [(name, *feeds[name]) for name in sorted(fall, key=lambda name: -fall[name])]
 
 
-def accuracy(
+def correct(
     model_path: str | os.PathLike[str], crops: np.ndarray | Rows, labels: np.ndarray, batch_size: int = 64
-) -> float:
-    """Top-1 accuracy of an exported model on uint8 NHWC crops, read a batch at a time."""
+) -> np.ndarray:
+    """Whether an exported model's top-1 class is the label, per photo of uint8 NHWC crops read a
+    batch at a time."""
     predictor = Predictor(model_path)
     predicted = np.concatenate(
         [predictor.logits(crops[i : i + batch_size]).argmax(1) for i in range(0, len(crops), batch_size)]
     )
-    return float((predicted == labels).mean())
+    return predicted == labels
+
+
+def accuracy(model_path: str | os.PathLike[str], crops: np.ndarray | Rows, labels: np.ndarray) -> float:
+    """Top-1 accuracy of an exported model on uint8 NHWC crops."""
+    return float(correct(model_path, crops, labels).mean())
 
 
 def drop_points(fp32: float, int8: float) -> float:
     """How many percentage points int8 is below fp32 (0.90 - 0.89 is one point, not a hair more)."""
     return round(100 * (fp32 - int8), 9)
+
+
+def drop_error_points(fp32_right: np.ndarray, int8_right: np.ndarray) -> float:
+    """The standard error, in points, of int8's accuracy drop measured on these photos: only the
+    photos one model gets right and the other wrong carry it (a paired difference); an upper bound."""
+    return 100 * math.sqrt(np.count_nonzero(fp32_right != int8_right)) / len(fp32_right)
 
 
 def check_accuracy_drop(

@@ -152,11 +152,25 @@ def test_search_keeps_the_first_setting_that_passes(
 ) -> None:
     crops, labels = test_set
     path = tmp_path / "model.int8.onnx"
-    found = search_int8(onnx_model, path, calibrated_on, crops, labels, 3.0, 64)
+    found = search_int8(onnx_model, path, calibrated_on, crops, labels, 4.0, 64)
     assert [(t["method"], t["calibration_images"]) for t in found["search"]] == [("MinMax", 64)]
     assert found["chosen"] == found["search"][0] and found["chosen"]["excluded_nodes"] == []
     assert found["val_accuracy"] == {"fp32": 1.0, "int8": accuracy(path, crops, labels)}
     assert json.loads(Predictor(path).metadata["quantization_settings"]) == found["chosen"]
+    disagree = np.count_nonzero(Predictor(path).logits(crops).argmax(1) != labels)
+    assert found["chosen"]["val_drop_error_points"] == round(100 * disagree**0.5 / len(crops), 3) > 0
+
+
+def test_search_passes_over_a_setting_inside_the_gate_by_less_than_its_error(
+    onnx_model: Path, tmp_path: Path, test_set: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """The test split is another sample: a model just inside the gate on val is not kept while
+    another setting is inside it by the drop's standard error."""
+    crops, labels = test_set
+    found = search_int8(onnx_model, tmp_path / "model.int8.onnx", calibrated_on, crops, labels, 3.0, 64)
+    first, *_, chosen = found["search"]
+    assert first["val_drop_points"] <= 3.0 < first["val_drop_points"] + first["val_drop_error_points"]
+    assert chosen == found["chosen"] and chosen["val_drop_points"] + chosen["val_drop_error_points"] <= 3.0
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +223,25 @@ def test_search_refuses_when_no_setting_keeps_the_accuracy(
     )
     assert f"in {len(METHODS) + 1 + 4} settings; the best" in message
     assert not path.exists()
+
+
+def test_search_keeps_the_best_inside_the_gate_when_none_is_inside_by_its_error(
+    onnx_model: Path,
+    tmp_path: Path,
+    test_set: tuple[np.ndarray, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Calibrated on grey, every setting answers one class: 63.67 points below fp32, give or take
+    4.61. A gate of 65 holds that drop but not with its error: the first of the equals is kept."""
+    crops, labels = test_set
+    path = tmp_path / "model.int8.onnx"
+    grey = np.full((256, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
+    found = search_int8(onnx_model, path, lambda n: grey[:n], crops, labels, 65.0, 16)
+    assert len(found["search"]) == len(METHODS) + 1 + 4  # every calibration, every count of floats
+    for t in found["search"]:
+        assert t["val_drop_points"] <= 65 < t["val_drop_points"] + t["val_drop_error_points"]
+    assert found["chosen"] == found["search"][0] and path.exists()
+    assert "int8: no setting kept val within 65 points of fp32 by its standard error" in caplog.text
 
 
 def test_calibration_holds_a_bounded_share_of_activations(
