@@ -188,7 +188,7 @@ class _Tried:
     setting: Setting
     val_accuracy: float
     val_drop_points: float
-    val_error_points: float  # the drop's standard error
+    val_drop_error_points: float
     seconds: float
     path: Path = field(repr=False)
 
@@ -197,7 +197,7 @@ class _Tried:
         return found | {
             "val_accuracy": self.val_accuracy,
             "val_drop_points": round(self.val_drop_points, 3),
-            "val_drop_error_points": round(self.val_error_points, 3),
+            "val_drop_error_points": round(self.val_drop_error_points, 3),
             "seconds": round(self.seconds, 1),
         }
 
@@ -274,7 +274,7 @@ def search_int8(
                 max_drop_points,
                 chosen.setting.describe(),
                 chosen.val_drop_points,
-                chosen.val_error_points,
+                chosen.val_drop_error_points,
             )
         shutil.copyfile(chosen.path, int8_path)
     record = {"chosen": chosen.record(), "val_accuracy": {"fp32": fp32_val, "int8": chosen.val_accuracy}}

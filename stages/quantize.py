@@ -1,6 +1,6 @@
 """quantize@KIND: write models/model.KIND.onnx, calibrated on training photos, searched until its
-val accuracy is within export.max_accuracy_drop of fp32, and only if its test accuracy is too;
-time it against fp32 and PyTorch."""
+val accuracy is within export.max_accuracy_drop of fp32 by the drop's standard error, and only if
+its test accuracy is within it too; time it against fp32 and PyTorch."""
 
 import sys
 

@@ -176,6 +176,20 @@ def real_weights() -> Path:
     return _shared("FLOWERPIPE_REAL_WEIGHTS", "mobilenet_v2 state_dict")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest-xdist worker (one per core) runs its tests, and the stages they start, on one
+    thread: OpenMP threads that outnumber the cores spin against each other."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        os.environ["OMP_NUM_THREADS"] = "1"
+        torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The real-data tests first: the pipeline's takes minutes, and started last it would keep one
+    worker busy while the others stand idle."""
+    items.sort(key=lambda item: item.get_closest_marker("real_data") is None)
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine run many times faster on one intra-op thread."""

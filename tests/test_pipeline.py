@@ -223,30 +223,6 @@ def test_plots_render_in_a_browser(reproduced: tuple[DvcRepo, str], browser, tmp
     print(f"screenshot of the rendered plots: {shot}")
 
 
-def test_experiment_with_another_arch(repo: DvcRepo) -> None:
-    repo.dvc("exp", "run", "-n", "mobile", "-S", "model.arch=mobilenet_v3_small", "-S", "train.epochs=1")
-    shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
-    experiments = [exp for rev in shown for exp in rev.get("experiments") or []]
-    params = [e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"] for e in experiments]
-    assert "mobilenet_v3_small" in params
-    assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
-    meta = ort.InferenceSession(str(repo.path / "models/model.onnx")).get_modelmeta().custom_metadata_map
-    assert meta["arch"] == "mobilenet_v3_small" and meta["dvc_experiment"] == "mobile"
-
-    # the baseline commit and the experiment, side by side in every declared plot
-    diff = json.loads(repo.dvc("plots", "diff", "HEAD", "mobile", "--json").stdout)["data"]
-    for name in (
-        "Loss",
-        "Accuracy",
-        "Learning rate",
-        "results/evaluate/confusion.json",
-        "F1 per class (test)",
-    ):
-        revs = {row["rev"] for row in diff[name][0]["content"]["data"]["values"]}
-        assert revs == {"HEAD", "mobile"}, name
-    assert {"HEAD", "mobile"} == {image["revisions"][0] for image in diff["results/plots/mistakes.png"]}
-
-
 def test_quantization_can_be_switched_off(repo: DvcRepo) -> None:
     repo.set_params({"export": {"quantize": []}})
     assert "quantize" not in repo.dvc("stage", "list").stdout
@@ -292,7 +268,8 @@ def test_shared_cache_restores_a_run_in_a_fresh_clone(repo: DvcRepo, tmp_path: P
 
 
 def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
-    """The README's sweep: one queued experiment per arch, run by `dvc queue start`."""
+    """The README's sweep: one queued experiment per arch, run by `dvc queue start`, compared with
+    each other and with the baseline in every declared plot, and one brought into the workspace."""
     repo.dvc("exp", "run", "--queue", "-S", "model.arch=resnet18,mobilenet_v3_small", "-S", "train.epochs=1")
     repo.dvc("queue", "start", "--jobs", "1")
     deadline = time.monotonic() + 600
@@ -300,7 +277,7 @@ def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
         status = repo.dvc("queue", "status").stdout
         if "Queued" not in status and "Running" not in status:
             break
-        time.sleep(2)
+        time.sleep(10)  # each look is a dvc command: 1.5 s of CPU that the experiments need
     assert "Success" in status and "Failed" not in status, status
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
     runs = {
@@ -311,7 +288,12 @@ def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
     assert set(runs) == {"resnet18", "mobilenet_v3_small"}
     for data in runs.values():
         assert 0 <= data["metrics"]["results/evaluate/metrics.json"]["data"]["test"]["accuracy"] <= 1
-    names = [e["name"] for rev in shown for e in rev.get("experiments") or []]
+        assert data["metrics"]["results/export/metrics.json"]["data"]["parity"]["top1_agreement"] == 1.0
+    names = {
+        e["name"]: e["revs"][0]["data"]["params"]["params.yaml"]["data"]["model"]["arch"]
+        for rev in shown
+        for e in rev.get("experiments") or []
+    }
     diff = json.loads(repo.dvc("exp", "diff", *names, "--json").stdout)
     assert (
         diff["params"]["params.yaml"]["model.arch"]["old"]
@@ -319,6 +301,24 @@ def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
     )
     plots = json.loads(repo.dvc("plots", "diff", *names, "--json").stdout)["data"]
     assert {row["rev"] for row in plots["Accuracy"][0]["content"]["data"]["values"]} == set(names)
+
+    # the baseline commit and an experiment, side by side in every declared plot
+    mobile = next(name for name, arch in names.items() if arch == "mobilenet_v3_small")
+    diff = json.loads(repo.dvc("plots", "diff", "HEAD", mobile, "--json").stdout)["data"]
+    for plot in (
+        "Loss",
+        "Accuracy",
+        "Learning rate",
+        "results/evaluate/confusion.json",
+        "F1 per class (test)",
+    ):
+        revs = {row["rev"] for row in diff[plot][0]["content"]["data"]["values"]}
+        assert revs == {"HEAD", mobile}, plot
+    assert {"HEAD", mobile} == {image["revisions"][0] for image in diff["results/plots/mistakes.png"]}
+
+    repo.dvc("exp", "apply", mobile)  # its outputs too, from the cache
+    meta = ort.InferenceSession(str(repo.path / "models/model.onnx")).get_modelmeta().custom_metadata_map
+    assert meta["arch"] == "mobilenet_v3_small" and meta["dvc_experiment"] == mobile
 
 
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
@@ -337,17 +337,17 @@ def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
 
 
 def test_killed_training_resumes_to_the_uninterrupted_result(repo: DvcRepo, tmp_path: Path) -> None:
-    longer = {"train": {"epochs": 6, "batch_size": 4}}
+    longer = {"train": {"epochs": 3, "batch_size": 4}}
     whole = DvcRepo(tmp_path / "whole", template=repo)
     whole.set_params(longer)
     whole.dvc("repro", "train")
 
     repo.set_params(longer)
     stopped_at = repo.stop_training(signal.SIGKILL)
-    assert 1 <= stopped_at < 6
+    assert 1 <= stopped_at < 3
 
     done = repo.dvc("repro", "train")
-    assert f"resuming from models/checkpoint.pt after epoch {stopped_at} of 6" in done.stderr
+    assert f"resuming from models/checkpoint.pt after epoch {stopped_at} of 3" in done.stderr
     timing = ("epoch_seconds", "train_images_per_second")
     metrics = [
         {k: v for k, v in r.json("results/train/metrics.json").items() if k not in timing}
@@ -391,8 +391,11 @@ def test_bad_param_stops_with_one_line_naming_the_key(repo: DvcRepo) -> None:
 
 
 @pytest.mark.real_data
-def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> None:
-    """The README's offline command on the real photos: all five stages at small settings."""
+def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path, real_weights: Path) -> None:
+    """The README's offline command on the real photos: a local copy of them and of MobileNetV2's
+    ImageNet weights; the backbone frozen, its features computed once, a linear head trained on
+    them; every stage. A test accuracy that only pretrained features give, and an int8 model within
+    a point of it by the default gate and search."""
     repo = DvcRepo(tmp_path / "repo")
     done = repo.dvc(
         "exp",
@@ -400,15 +403,13 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
         "-S",
         f"data.source={real_photos}",
         "-S",
-        "model.weights=null",
+        "model.arch=mobilenet_v2",
         "-S",
-        "data.image_size=64",
+        f"model.weights={real_weights}",
         "-S",
-        "train.epochs=1",
+        "train.freeze=backbone",
         "-S",
-        "train.head_epochs=0",
-        "-S",
-        "train.backbone_lr_factor=1.0",
+        "train.augment=[]",
     )
     assert stages_run(done.stdout) == list(STAGES)
     prepared = repo.json("results/prepare/metrics.json")
@@ -417,13 +418,11 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
     with open(repo.path / "data/prepared/manifest.csv") as f:
         assert {row["sha256"] for row in csv.DictReader(f)} == expected
     assert prepared["images"] == 3670 and prepared["skipped"] == 0
-    assert set(prepared["counts"]["test"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
-    for label, test_count in prepared["counts"]["test"].items():  # as close to 15 % as whole photos go
-        total = sum(prepared["counts"][split][label] for split in ("train", "val", "test"))
-        assert (
-            abs(test_count - 0.15 * total) <= 0.5
-            and abs(prepared["counts"]["val"][label] - 0.15 * total) <= 1
-        )
+    counts = prepared["counts"]
+    assert set(counts["test"]) == {"daisy", "dandelion", "roses", "sunflowers", "tulips"}
+    for label, test_count in counts["test"].items():  # as close to 15 % as whole photos go
+        total = sum(counts[split][label] for split in ("train", "val", "test"))
+        assert abs(test_count - 0.15 * total) <= 0.5 and abs(counts["val"][label] - 0.15 * total) <= 1
     # the same plants a moment apart, in train and test before near-duplicates were grouped
     report = repo.json("data/prepared/report.json")
     assert ["daisy/10466290366_cc72e33532.jpg", "daisy/10994032453_ac7f8d9e2e.jpg"] in report[
@@ -433,34 +432,11 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path) -> No
         split = {row["relpath"]: row["split"] for row in csv.DictReader(f)}
     assert all(len({split[path] for path in group}) == 1 for group in report["duplicate_groups"])
     assert prepared["label_conflicts"] == len(report["label_conflicts"]) >= 1  # one photo under two classes
-    test = repo.json("results/evaluate/metrics.json")["test"]
-    assert test["accuracy"] > 0.3  # one epoch from random weights at 64 px; chance is 0.2
-    assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
-    int8 = repo.json("results/export/int8.json")  # it passed the default gate, on real test photos
-    assert int8["test_accuracy"]["fp32"] - int8["test_accuracy"]["int8"] <= 0.01
 
-
-@pytest.mark.real_data
-def test_real_imagenet_weights_through_dvc_repro(
-    tmp_path: Path, real_photos: Path, real_weights: Path
-) -> None:
-    """MobileNetV2 from the real ImageNet weights, frozen, its features computed once, a linear head
-    trained on them through `dvc repro`: a test accuracy that only pretrained features give, and an
-    int8 model within a point of it."""
-    repo = DvcRepo(tmp_path / "repo")
-    repo.set_params(
-        {
-            "data": {"source": str(real_photos)},
-            "model": {"arch": "mobilenet_v2", "weights": str(real_weights)},
-            "train": {"freeze": "backbone", "augment": [], "mixup": 0.0, "cutmix": 0.0},
-        }
-    )
-    done = repo.dvc("repro")
-    assert stages_run(done.stdout) == list(STAGES)
-    counts = repo.json("results/prepare/metrics.json")["counts"]
     seen = sum(counts["train"].values()) + sum(counts["val"].values())
     assert f"features of {seen} images computed once" in done.stderr
     assert repo.json("results/evaluate/metrics.json")["test"]["accuracy"] >= 0.90
-    int8 = repo.json("results/export/int8.json")  # the default gate and search, on the real photos
+    assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
+    int8 = repo.json("results/export/int8.json")
     assert int8["test_accuracy"]["fp32"] - int8["test_accuracy"]["int8"] <= 0.01
     assert int8["largest_int8_weight"] <= 64
