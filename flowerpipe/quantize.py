@@ -107,7 +107,7 @@ def quantize_int8(
     calibration: np.ndarray | Rows,
     setting: Setting | None = None,
     cache: Path | None = None,
-    prepared: Path | None = None,
+    prepared: PreparedModel | None = None,
 ) -> None:
     """Write the int8 version of the flowerpipe model at `fp32_path`, calibrated on `calibration`
     (uint8 NHWC crops of the model's input size) as `setting` says, with the fp32 model's metadata.
@@ -119,9 +119,9 @@ def quantize_int8(
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         prepared = prepared or pre_process(fp32_path, Path(tmp))
         quantize_static(
-            prepared,
+            prepared.path,
             int8_path,
-            _Batches(fp32, calibration, photos_held(activation_bytes(prepared), BATCH)),
+            _Batches(fp32, calibration, photos_held(prepared.per_photo, BATCH)),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
             reduce_range=setting.weight_bits == 7,
@@ -135,7 +135,16 @@ def quantize_int8(
     _set_metadata(int8_path, {**fp32.metadata, "quantization": setting.describe()})
 
 
-def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> Path:
+@dataclass(frozen=True)
+class PreparedModel:
+    """A model `pre_process` made, and the bytes of float activations one photo makes in it
+    (`activation_bytes`), read once however many calibrations use it."""
+
+    path: Path
+    per_photo: int
+
+
+def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> PreparedModel:
     """The model at `fp32_path` folded and shape-inferred for quantization, written in `folder`."""
     prepared = folder / "prepared.onnx"
     try:
@@ -143,7 +152,7 @@ def pre_process(fp32_path: str | os.PathLike[str], folder: Path) -> Path:
     except Exception as exc:  # ONNX Runtime's symbolic shape inference fails on some graphs (Swin V2's)
         log.info("symbolic shape inference failed (%s: %s): ONNX's own instead", type(exc).__name__, exc)
         quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=True)
-    return prepared
+    return PreparedModel(prepared, activation_bytes(prepared))
 
 
 def activation_bytes(prepared: str | os.PathLike[str]) -> int:
@@ -285,7 +294,10 @@ def search_int8(
 
 
 def sensitive_nodes(
-    fp32_path: str | os.PathLike[str], prepared: Path, int8_path: str | os.PathLike[str], crops: np.ndarray
+    fp32_path: str | os.PathLike[str],
+    prepared: PreparedModel,
+    int8_path: str | os.PathLike[str],
+    crops: np.ndarray,
 ) -> list[tuple[str, ...]]:
     """The weighted nodes (Conv, Gemm, MatMul) of the fp32 model (`prepared`: as `pre_process` made
     it), the one whose output loses the most signal to quantization first: the fall of the
@@ -294,16 +306,15 @@ def sensitive_nodes(
     (Relu, Clip) up to the weighted node before: for the input to stay in float, its producers
     must too."""
     fp32 = Predictor(fp32_path)
-    per_photo = activation_bytes(prepared)  # one read of the graph
-    crops = crops[: photos_held(per_photo, len(crops), copies=3)]  # fp32's, and int8's with its QDQ pairs
-    batch = photos_held(per_photo, BATCH)
+    crops = crops[: photos_held(prepared.per_photo, len(crops), copies=3)]  # fp32's, and int8's, QDQ too
+    batch = photos_held(prepared.per_photo, BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         float_aug, int8_aug = str(Path(tmp) / "f.onnx"), str(Path(tmp) / "q.onnx")
-        modify_model_output_intermediate_tensors(prepared, float_aug)
+        modify_model_output_intermediate_tensors(str(prepared.path), float_aug)
         modify_model_output_intermediate_tensors(str(int8_path), int8_aug)
         float_acts = collect_activations(float_aug, _Batches(fp32, crops, batch))
         int8_acts = collect_activations(int8_aug, _Batches(fp32, crops, batch))
-        nodes = onnx.load(str(prepared)).graph.node
+        nodes = onnx.load(str(prepared.path)).graph.node
     errors = compute_activation_error(create_activation_matching(int8_acts, float_acts))
     sqnr = {name: e["xmodel_err"] for name, e in errors.items()}
     clean = max(sqnr.values())  # the graph's input carries no quantization noise of its own

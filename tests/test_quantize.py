@@ -230,14 +230,19 @@ def test_search_keeps_the_best_inside_the_gate_when_none_is_inside_by_its_error(
     tmp_path: Path,
     test_set: tuple[np.ndarray, np.ndarray],
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Calibrated on grey, every setting answers one class: 63.67 points below fp32, give or take
-    4.61. A gate of 65 holds that drop but not with its error: the first of the equals is kept."""
+    4.61. A gate of 65 holds that drop but not with its error: the first of the equals is kept.
+    The prepared graph's activations are counted once for all the settings and the ranking."""
     crops, labels = test_set
     path = tmp_path / "model.int8.onnx"
     grey = np.full((256, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
+    counted = []
+    monkeypatch.setattr(quantize, "activation_bytes", lambda p: counted.append(p) or activation_bytes(p))
     found = search_int8(onnx_model, path, lambda n: grey[:n], crops, labels, 65.0, 16)
     assert len(found["search"]) == len(METHODS) + 1 + 4  # every calibration, every count of floats
+    assert len(counted) == 1
     for t in found["search"]:
         assert t["val_drop_points"] <= 65 < t["val_drop_points"] + t["val_drop_error_points"]
     assert found["chosen"] == found["search"][0] and path.exists()
@@ -251,13 +256,12 @@ def test_calibration_holds_a_bounded_share_of_activations(
     photos pass the budget calibrates fewer at a time (ViT-L/16 at 224 px made 24 GiB of batch 8)."""
     prepared = pre_process(onnx_model, tmp_path)
     augmented = tmp_path / "all_outputs.onnx"
-    modify_model_output_intermediate_tensors(str(prepared), str(augmented))
+    modify_model_output_intermediate_tensors(str(prepared.path), str(augmented))
     photo = np.zeros((1, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     outputs = ort.InferenceSession(str(augmented)).run(None, {export.INPUT_NAME: photo})
     kept = sum(o.nbytes for o in outputs if o.dtype == np.float32)
-    assert 0.9 * kept <= activation_bytes(prepared) <= 1.1 * kept
-
-    per_photo = activation_bytes(prepared)
+    per_photo = prepared.per_photo
+    assert per_photo == activation_bytes(prepared.path) and 0.9 * kept <= per_photo <= 1.1 * kept
     assert photos_held(per_photo, BATCH) == BATCH
     monkeypatch.setattr(quantize, "ACTIVATION_BYTES", 3 * kept)
     assert (photos_held(per_photo, BATCH), photos_held(per_photo, BATCH, copies=3)) == (3, 1)
@@ -274,7 +278,7 @@ def test_pre_process_falls_back_to_onnx_shape_inference(
     shape inference sizes the tensors instead, and calibration goes on."""
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
-    sized = activation_bytes(pre_process(onnx_model, tmp_path))
+    sized = pre_process(onnx_model, tmp_path).per_photo
     (tmp_path / "fallback").mkdir()
 
     def fails(*args: object, **kwargs: object) -> None:
@@ -282,6 +286,6 @@ def test_pre_process_falls_back_to_onnx_shape_inference(
 
     monkeypatch.setattr(SymbolicShapeInference, "infer_shapes", fails)
     fallback = pre_process(onnx_model, tmp_path / "fallback")
-    assert activation_bytes(fallback) >= sized  # ONNX's inference sizes at least the same tensors
+    assert fallback.per_photo >= sized  # ONNX's inference sizes at least the same tensors
     quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8), prepared=fallback)
     assert largest_int8_weight(tmp_path / "int8.onnx") <= WEIGHT_LIMIT
