@@ -49,10 +49,11 @@ from flowerpipe.console import log
 from flowerpipe.errors import ConfigError, QuantizationError
 from flowerpipe.evaluation import predict_logits
 from flowerpipe.export import check_parity, export_onnx, onnx_metadata
+from flowerpipe.gate import gate_int8
 from flowerpipe.metrics import classification_metrics
 from flowerpipe.models import build_model, load_trained, save_trained
 from flowerpipe.preprocess import resize_size
-from flowerpipe.quantize import accuracy, calibration_indices, check_accuracy_drop, search_int8
+from flowerpipe.quantize import calibration_indices, search_int8
 from flowerpipe.training import fit
 
 CLASSES = ("amber", "azure", "jade")
@@ -157,12 +158,10 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         int8,
                         lambda n: crops(calibration_indices(train, n)),
                         crops(val),
-                        data.labels[val],
-                        e.max_accuracy_drop,
+                        e.int8_agreement,
                         e.calibration_images,
                     )
-                    scores = [accuracy(path, crops(test), data.labels[test]) for path in (fp32, int8)]
-                    check_accuracy_drop(*scores, e.max_accuracy_drop, int8)
+                    gate_int8(fp32, int8, crops(test), data.labels[test], e.max_accuracy_drop)
                     row["int8_gate"] = "passed"
                 except QuantizationError as exc:  # the gate's verdict on a random model: it did its job
                     row["int8_gate"] = f"refused: {str(exc).partition(': ')[2]}"

@@ -195,6 +195,7 @@ class ExportConfig:
     quantize: list[str] = field(default_factory=lambda: ["int8"])
     max_accuracy_drop: float = 1.0
     calibration_images: int = 256
+    int8_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "export.opset", "must be >= 17")
@@ -206,6 +207,7 @@ class ExportConfig:
         _check(len(set(self.quantize)) == len(self.quantize), "export.quantize", "lists a kind twice")
         _check(self.max_accuracy_drop >= 0, "export.max_accuracy_drop", "must be >= 0 (percentage points)")
         _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")
+        _check(0 <= self.int8_agreement <= 1, "export.int8_agreement", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
