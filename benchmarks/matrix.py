@@ -161,7 +161,7 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         e.int8_agreement,
                         e.calibration_images,
                     )
-                    gate_int8(fp32, int8, crops(test), data.labels[test], e.max_accuracy_drop)
+                    gate_int8(fp32, int8, {"test": (crops(test), data.labels[test])}, e.max_accuracy_drop)
                     row["int8_gate"] = "passed"
                 except QuantizationError as exc:  # the gate's verdict on a random model: it did its job
                     row["int8_gate"] = f"refused: {str(exc).partition(': ')[2]}"

@@ -58,12 +58,12 @@ def test_simulated_refusal_rate_matches_the_binomial() -> None:
     assert simulated == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 40_000))
 
 
-@pytest.mark.parametrize("gained", [0, 1, 2, 3])
-def test_error_rates_on_the_flower_sets_test_photos(gained: int) -> None:
-    """On 551 photos (the default split's test), with up to 3 photos gained (int8 and fp32 then
-    disagree on up to 1.6 % of photos at a 0.5-point drop, 4 % at 3): a model that loses half a
-    point is refused under 5 % of the time, one that loses 3 points over 95 %."""
-    paired = Paired(551, gained, gained, 551 - 2 * gained, 500)
+@pytest.mark.parametrize("gained", [0, 3, 6, 9])
+def test_error_rates_on_the_photos_the_flower_sets_search_does_not_see(gained: int) -> None:
+    """On 826 photos (half the default split's val, and its test), with up to 9 photos gained
+    (int8 and fp32 then disagree on up to 2.7 % of photos at a 0.5-point drop, 5.2 % at 3): a model
+    that loses half a point is refused under 5 % of the time, one that loses 3 points over 95 %."""
+    paired = Paired(826, gained, gained, 826 - 2 * gained, 750)
     rates = judge(paired, 1.0)["refusal_rate_if_true_drop"]
     assert rates["0.5"] <= 0.05 and rates["3"] >= 0.95
     assert refusal_rate(paired, 0.5, 1.0) == rates["0.5"]  # seeded: the record can be recomputed

@@ -441,12 +441,13 @@ def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path, real_
     assert repo.json("results/evaluate/metrics.json")["test"]["accuracy"] >= 0.90
     assert repo.json("results/export/metrics.json")["parity"]["top1_agreement"] == 1.0
     int8 = repo.json("results/export/int8.json")
-    gate, test_photos = int8["gate"], sum(counts["test"].values())
-    assert gate["photos"] == test_photos and gate["refused"] is False  # the gate's own rule, recomputed:
-    drop = 100 * (gate["lost"] - gate["gained"]) / test_photos
-    changed = gate["lost"] + gate["gained"]
-    error = 100 * (changed - (gate["lost"] - gate["gained"]) ** 2 / test_photos) ** 0.5 / test_photos
+    gate, val_photos = int8["gate"], sum(counts["val"].values())
+    judged = val_photos // 2 + sum(counts["test"].values())  # what the search did not see
+    assert gate["photos"] == judged and gate["refused"] is False  # the gate's own rule, recomputed:
+    net, changed = gate["lost"] - gate["gained"], gate["lost"] + gate["gained"]
+    drop, error = 100 * net / judged, 100 * (changed - net**2 / judged) ** 0.5 / judged
     assert gate["drop_points"] == pytest.approx(drop, abs=1e-3) and drop - GATE_Z * error <= 1.0
-    assert int8["agreement"]["test"] == gate["agreement"] and int8["largest_int8_weight"] <= 64
-    paired = Paired(test_photos, gate["lost"], gate["gained"], 0, 0)  # the rates, as the rule gives them
+    assert set(int8["agreement"]) == {"val_searched", "val_held_out", "test"}
+    assert int8["search_photos"] == val_photos - val_photos // 2 and int8["largest_int8_weight"] <= 64
+    paired = Paired(judged, gate["lost"], gate["gained"], 0, 0)  # the rates, as the rule gives them
     assert gate["refusal_rate_if_true_drop"] == {f"{d:g}": refusal_rate(paired, d, 1.0) for d in (0.5, 3)}

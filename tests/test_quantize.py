@@ -104,8 +104,8 @@ def test_calibrated_int8_keeps_the_accuracy(
     crops, labels = test_set
     assert len(set(labels.tolist())) == 3  # the fp32 answers are not one class
     assert accuracy(int8_model, crops, labels) >= 0.97
-    judged = gate_int8(onnx_model, int8_model, crops, labels, 3.0)  # passes: no error
-    assert judged["refused"] is False and judged["agreement"] >= 0.97
+    judged = gate_int8(onnx_model, int8_model, {"val": test_set}, 3.0)  # passes: no error
+    assert judged["gate"]["refused"] is False and judged["paired"]["val"]["agreement"] >= 0.97
 
 
 def test_miscalibrated_int8_is_refused(
@@ -118,10 +118,12 @@ def test_miscalibrated_int8_is_refused(
     int8 = accuracy(path, crops, labels)
     assert int8 < 0.9
     with pytest.raises(QuantizationError) as info:
-        gate_int8(onnx_model, path, crops, labels, 1.0, shown_as="models/model.int8.onnx")
+        splits = {"val_held_out": (crops[:100], labels[:100]), "test": (crops[100:], labels[100:])}
+        gate_int8(onnx_model, path, splits, 1.0, shown_as="models/model.int8.onnx")
     message = str(info.value)
     assert message.startswith("models/model.int8.onnx: int8 is ")
-    assert f"{100 * (1 - int8):.2f} ± " in message and "fp32 100.00% on the 300 test photos" in message
+    assert f"{100 * (1 - int8):.2f} ± " in message and "fp32 100.00% on the 300 photos the search" in message
+    assert "did not see (val_held_out + test;" in message
     assert message.endswith("standard errors, still above export.max_accuracy_drop 1")
 
 
@@ -135,7 +137,7 @@ def test_weights_that_can_saturate_without_vnni_are_refused_on_any_cpu(
     with pytest.raises(
         QuantizationError, match=r"^m.onnx: int8 weights reach 127, above 64: on x86 CPUs without VNNI"
     ):
-        gate_int8(onnx_model, path, *test_set, 100.0, shown_as="m.onnx")
+        gate_int8(onnx_model, path, {"test": test_set}, 100.0, shown_as="m.onnx")
 
 
 def test_calibration_sample_is_seeded_and_from_the_given_indices() -> None:
@@ -263,8 +265,8 @@ def test_search_leaves_the_nodes_an_outlier_breaks_in_float(outlier_model: Path,
     first = tmp_path / "first.onnx"  # the first calibration alone, as the gate sees it
     quantize_int8(outlier_model, first, calibrated_on(64))
     with pytest.raises(QuantizationError, match="points below fp32"):
-        gate_int8(outlier_model, first, crops, labels, 1.0)
-    assert gate_int8(outlier_model, path, crops, labels, 1.0)["refused"] is False
+        gate_int8(outlier_model, first, {"test": (crops, labels)}, 1.0)
+    assert gate_int8(outlier_model, path, {"test": (crops, labels)}, 1.0)["gate"]["refused"] is False
 
 
 def test_search_on_a_grey_calibration_is_refused_by_the_gate(
@@ -283,8 +285,11 @@ def test_search_on_a_grey_calibration_is_refused_by_the_gate(
     found = search_int8(onnx_model, path, lambda n: grey[:n], crops, 0.99, 16)
     assert len(found["search"]) == len(METHODS) + 1 + 4
     assert max(t["agreement"] for t in found["search"]) < 0.5 and len(counted) == 1
-    with pytest.raises(QuantizationError, match=r"points below fp32 100\.00% on the 300 test photos"):
-        gate_int8(onnx_model, path, *test_set, 1.0)
+    with pytest.raises(
+        QuantizationError,
+        match=r"points below fp32 100\.00% on the 300 photos the search did not see \(test;",
+    ):
+        gate_int8(onnx_model, path, {"test": test_set}, 1.0)
 
 
 def test_calibration_holds_a_bounded_share_of_activations(
