@@ -1,7 +1,7 @@
 """int8 on real photos: for each quantization option, how often int8 answers like fp32 on the val and
 test photos, its test accuracy and drop (with the paired standard error), and its batch-1 latency
-against ONNX Runtime fp32 in the same process; then what the quantize stage's search chooses and
-the gate's verdict on it. Prints the CPU's name and the instruction sets that decide int8 speed."""
+against ONNX Runtime fp32 in the same process (what the quantize stage's search chose is in its
+results/export/int8.json). Prints the CPU's name and the instruction sets that decide int8 speed."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 
 from flowerpipe.cache import Rows
 from flowerpipe.export import export_onnx, onnx_metadata
-from flowerpipe.gate import Paired, judge
+from flowerpipe.gate import Paired
 from flowerpipe.latency import measure_latency
 from flowerpipe.models import build_model, load_trained
 from flowerpipe.predict import Predictor
@@ -31,7 +31,6 @@ from flowerpipe.quantize import (
     pre_process,
     predicted,
     quantize_int8,
-    search_int8,
 )
 
 
@@ -61,8 +60,6 @@ def main() -> None:
     )
     parser.add_argument("--size", type=int, default=224, help="the input size without --weights")
     parser.add_argument("--calibration-images", type=int, default=256)
-    parser.add_argument("--max-drop", type=float, default=1.0, help="export.max_accuracy_drop")
-    parser.add_argument("--agreement", type=float, default=0.99, help="export.int8_agreement")
     args = parser.parse_args()
     if args.weights:
         model, meta = load_trained(args.weights)
@@ -97,10 +94,6 @@ def main() -> None:
         quantize_int8(fp32, files[f"MinMax on {MORE_CALIBRATION}x the photos"], calibration(4 * len(sample)))
         files["MinMax, symmetric int8 activations"] = Path(tmp) / "symmetric.onnx"
         symmetric_activations(fp32, files["MinMax, symmetric int8 activations"], sample, Path(tmp))
-        files["the stage's search"] = Path(tmp) / "chosen.onnx"
-        search = search_int8(
-            fp32, files["the stage's search"], calibration, crops(val), args.agreement, len(sample)
-        )
         latency = measure_latency(model, files, crops(test)[:32])
         answers = {split: predicted(fp32, crops(ix)) for split, ix in (("val", val), ("test", test))}
         rows = []
@@ -119,11 +112,7 @@ def main() -> None:
                     "vs ORT fp32": round(latency["onnxruntime_fp32"]["batch1_ms"] / ms, 2),
                 }
             )
-        verdict = judge(test_pair, args.max_drop)  # the last row: the search's choice
-    extra = {"arch": arch, "size": size, "search": search, "gate": verdict}
-    report(args.results, f"quantize-{arch}", rows, extra)
-    print("chosen:", search["chosen"])
-    print("gate:", verdict)
+    report(args.results, f"quantize-{arch}", rows, {"arch": arch, "size": size})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Static int8 quantization of an exported model: QDQ, per-channel 7-bit weights, activations
-calibrated on real images, and a search over ONNX Runtime's settings until the accuracy holds.
+calibrated on real images, and a search over ONNX Runtime's settings until int8 answers like fp32.
 Dynamic quantization is never used: for CNNs it is slower than fp32.
 
 Weights keep to [-64, 64] (7 bits, `reduce_range`): x86 CPUs without VNNI multiply u8 activations
@@ -266,7 +266,7 @@ def search_int8(
         search = _Search(fp32_path, Path(tmp), photos)
         found = _search_calibrations(search, calibration, calibration_images, target_agreement)
         if found is None:
-            found = _search_floats(search, calibration, calibration_images, target_agreement)
+            found = _search_floats(search, calibration, target_agreement)
         chosen = found or search.best()
         if found is None:
             log.warning(
@@ -304,10 +304,7 @@ def _search_calibrations(
 
 
 def _search_floats(
-    search: _Search,
-    calibration: Callable[[int], np.ndarray | Rows],
-    calibration_images: int,
-    target: float,
+    search: _Search, calibration: Callable[[int], np.ndarray | Rows], target: float
 ) -> _Tried | None:
     """The best calibration with more and more of the most sensitive nodes left in float: the first
     to reach the target, or None."""

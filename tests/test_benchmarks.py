@@ -30,7 +30,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("inference.py", ["--size", "32"], ["inference"]),
         (
             "quantize.py",
-            ["--size", "32", "--calibration-images", "16", "--max-drop", "100", "--agreement", "0"],
+            ["--size", "32", "--calibration-images", "16"],
             ["quantize-resnet18"],
         ),
         (
