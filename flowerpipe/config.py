@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -285,13 +286,15 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if not isinstance(value, list):
             raise ConfigError(key, f"must be a list, got {value!r}")
         return value
-    if hint is float and isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    if hint is float and isinstance(value, str):
+    if hint is float and isinstance(value, int | float | str) and not isinstance(value, bool):
         try:  # PyYAML reads `1e-5` (no dot) as a string
-            return float(value)
+            number = float(value)
         except ValueError:
-            pass
+            number = None
+        if number is not None and not math.isfinite(number):
+            raise ConfigError(key, f"must be a finite number, got {value!r}")
+        if number is not None:
+            return number
     if hint in (int, str, bool) and type(value) is hint:
         return value
     raise ConfigError(key, f"must be {hint.__name__}, got {value!r}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from pathlib import Path
 from typing import Any
 
@@ -219,3 +221,25 @@ def test_invalid_yaml_names_the_file(tmp_path: Path, text: str) -> None:
         load_config(path)
     assert str(path) in str(info.value)
     assert "\n" not in str(info.value)
+
+
+def _float_keys(cls: type = Config, prefix: str = "") -> list[str]:
+    """Every key of the config tree whose value is, or may be, a float."""
+    keys, hints = [], typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            keys += _float_keys(hint, f"{prefix}{f.name}.")
+        elif hint is float or float in typing.get_args(hint):
+            keys.append(f"{prefix}{f.name}")
+    return keys
+
+
+@pytest.mark.parametrize("key", _float_keys())
+@pytest.mark.parametrize("text", [".inf", "-.inf", ".nan", "'inf'", "1e999"])
+def test_a_number_that_is_not_finite_is_refused_for_every_key(tmp_path: Path, key: str, text: str) -> None:
+    section, name = key.split(".")
+    (tmp_path / "params.yaml").write_text(f"{section}:\n  {name}: {text}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "params.yaml")
+    assert str(info.value).startswith(f"params.yaml: {key}: must be a finite number, got ")
