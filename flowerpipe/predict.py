@@ -26,6 +26,20 @@ from .preprocess import IMAGE_SUFFIXES, preprocess_file, to_model_input
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 
 
+def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read: Any, kind: type) -> Any:
+    """The metadata value `key`, read with `read` and of type `kind`; a ModelError naming the file
+    and the key otherwise."""
+    try:
+        value = read(meta[key])
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise ModelError(
+            f"{path}: metadata {key} is not readable ({meta[key][:40]!r}); export it with flowerpipe"
+        )
+    return value
+
+
 class Predictor:
     """An ONNX Runtime session plus the preprocessing its metadata describes."""
 
@@ -46,11 +60,11 @@ class Predictor:
         if missing:
             raise ModelError(f"{model_path}: metadata lacks {', '.join(missing)}; export it with flowerpipe")
         self.metadata: dict[str, str] = dict(meta)
-        self.classes: list[str] = json.loads(meta["classes"])
-        self.image_size = int(meta["image_size"])
-        self.resize_size = int(meta["resize_size"])
-        self.mean: list[float] = json.loads(meta["mean"])
-        self.std: list[float] = json.loads(meta["std"])
+        self.classes: list[str] = _metadata(model_path, meta, "classes", json.loads, list)
+        self.image_size: int = _metadata(model_path, meta, "image_size", int, int)
+        self.resize_size: int = _metadata(model_path, meta, "resize_size", int, int)
+        self.mean: list[float] = _metadata(model_path, meta, "mean", json.loads, list)
+        self.std: list[float] = _metadata(model_path, meta, "std", json.loads, list)
         self.input_name = self.session.get_inputs()[0].name
 
     def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:

@@ -115,6 +115,33 @@ def test_a_model_without_flowerpipe_metadata_is_refused(onnx_model: Path, tmp_pa
     assert done.stderr.strip() == f"error: {path}: {lacks}"
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("classes", "{not json"),
+        ("classes", '"daisy"'),
+        ("mean", "[0.5,"),
+        ("image_size", "large"),
+        ("std", "1"),
+    ],
+)
+def test_unreadable_flowerpipe_metadata_is_refused_in_one_line(
+    onnx_model: Path, tmp_path: Path, key: str, value: str
+) -> None:
+    import onnx
+
+    model = onnx.load(str(onnx_model))
+    next(p for p in model.metadata_props if p.key == key).value = value
+    path = tmp_path / "broken.onnx"
+    onnx.save(model, str(path))
+    with pytest.raises(ModelError, match=f"metadata {key} is not readable"):
+        Predictor(path)
+    done = predict_cli(path, tmp_path)
+    assert done.returncode == 1 and done.stdout == "" and "Traceback" not in done.stderr
+    expected = f"error: {path}: metadata {key} is not readable ({value!r}); export it with flowerpipe"
+    assert done.stderr.strip() == expected
+
+
 def test_readme_snippet_answers_as_predict_does(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
     """The README's ten lines of plain onnxruntime, run as written on a copy of the model and a photo."""
     readme = (REPO / "README.md").read_text()
