@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import functools
 import os
+import pickle
+import re
 import urllib.error
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ import torchvision.models as tvm
 from torch import nn
 
 from .atomic import atomic_path
-from .errors import ConfigError
+from .errors import ConfigError, FlowerpipeError
 
 
 def build_model(
@@ -44,14 +47,54 @@ def _looks_like_path(weights: str) -> bool:
     return "/" in weights or os.sep in weights or weights.endswith((".pt", ".pth")) or Path(weights).exists()
 
 
+def load_torch_file(
+    path: str | os.PathLike[str], what: str, keys: tuple[str, ...] = (), shown: str | None = None
+) -> Any:
+    """What the torch file at `path` holds, read as tensors and plain containers only (weights_only:
+    never code), and, when `keys` are given, a mapping that holds them all. Every way it can fail
+    raises one FlowerpipeError line: the file (`shown`, default `path`), `what` it should have been,
+    and why not."""
+    shown = shown or str(path)
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": a second line, no help
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        named = re.search(r"GLOBAL (\S+)", str(exc))
+        never = f"it holds code to run ({named[1]}), which is never loaded" if named else None
+        reason = never or f"not a file torch.save wrote: {_first_line(exc)}"
+        raise FlowerpipeError(f"{shown}: not {what} ({reason})") from None
+    except EOFError:
+        raise FlowerpipeError(f"{shown}: not {what} (empty, or cut short)") from None
+    except Exception as exc:  # torch raises many kinds for a bad file
+        reason = f"not a file torch.save wrote: {type(exc).__name__}: {_first_line(exc)}"
+        raise FlowerpipeError(f"{shown}: not {what} ({reason})") from None
+    if keys and not isinstance(saved, dict):
+        raise FlowerpipeError(f"{shown}: not {what} (it holds a {type(saved).__name__}, not a mapping)")
+    missing = [k for k in keys if k not in saved]
+    if missing:
+        raise FlowerpipeError(f"{shown}: not {what} (a mapping without {', '.join(missing)})")
+    return saved
+
+
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first sentence of what torch says went wrong, without its advice."""
+    lines = [line.strip() for line in str(exc).splitlines()]
+    said = [line for line in lines if line and not line.startswith(_TORCH_ADVICE)]
+    return said[0].split(". ")[0].rstrip(".") if said else type(exc).__name__
+
+
 def _load_state_dict(model: nn.Module, path: str, arch: str) -> None:
     file = Path(path).expanduser()
     if not file.is_file():
         raise ConfigError("model.weights", f"{path}: no such file")
     try:
-        state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise ConfigError("model.weights", f"{path}: not a loadable state_dict ({exc})") from None
+        state = load_torch_file(file, "a loadable state_dict", shown=path)
+    except FlowerpipeError as exc:
+        raise ConfigError("model.weights", str(exc)) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     try:
@@ -208,7 +251,7 @@ def save_trained(model: nn.Module, path: str | os.PathLike[str], **meta: Any) ->
 
 def load_trained(path: str | os.PathLike[str]) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a model saved by `save_trained`; returns it in eval mode with its metadata."""
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = load_torch_file(path, "a model flowerpipe trained", ("state_dict", "arch", "classes"))
     state = saved.pop("state_dict")
     head = {k: saved[k] for k in ("head", "hidden", "dropout") if k in saved}
     model = build_model(saved["arch"], None, len(saved["classes"]), **head)

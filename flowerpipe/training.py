@@ -44,13 +44,24 @@ from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from .errors import ConfigError, FlowerpipeError, TrainingError
 from .evaluation import predict_logits
-from .models import backbone_modules, freeze, head_name, learn_backbone, num_outputs, train_mode
+from .models import (
+    backbone_modules,
+    freeze,
+    head_name,
+    learn_backbone,
+    load_torch_file,
+    num_outputs,
+    train_mode,
+)
 from .schedule import lr_factor, set_learning_rates
 from .transforms import augment_batch, build_augment, center_crop_batch, normalize
 
 EpochCallback = Callable[[dict[str, float]], None]
 READERS = 4  # processes that read the next batches while a GPU trains on the present one
 PREFETCH = 4  # batches each reader process keeps ready
+# What Run.state writes and Run.restore reads: a file without them is no checkpoint of ours.
+CHECKPOINT_KEYS = ("fingerprint", "epoch", "model", "optimizer", "scaler", "ema", "best", "since_best")
+CHECKPOINT_KEYS += ("history", "finished")
 
 
 @dataclass
@@ -546,12 +557,10 @@ def _load_checkpoint(path: str | Path | None, key: str) -> dict[str, Any] | None
     if path is None or not Path(path).exists():
         return None
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many kinds for a bad file
-        raise FlowerpipeError(
-            f"{path}: cannot be read as a checkpoint ({exc}); delete it to start over"
-        ) from None
-    if saved.get("fingerprint") != key:
+        saved = load_torch_file(path, "a flowerpipe checkpoint", CHECKPOINT_KEYS)
+    except FlowerpipeError as exc:
+        raise FlowerpipeError(f"{exc}; delete it to start over") from None
+    if saved["fingerprint"] != key:
         log.info("%s belongs to other params or data: training from epoch 1", path)
         return None
     return saved

@@ -257,3 +257,30 @@ def onnx_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFac
     metadata = export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
     export.export_onnx(classifier, path, IMAGE_SIZE, metadata)
     return path
+
+
+class _RunsCode:
+    """Unpickled, this would create the file it names: proof that a load ran code."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def hostile_torch_files(folder: Path) -> tuple[dict[str, Path], Path]:
+    """Files that are no torch file flowerpipe wrote, by name, and the file that a load which ran
+    code would create."""
+    import pickle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / "code-ran"
+    files = {name: folder / f"{name}.pt" for name in ("text", "empty", "cut_short", "pickle", "torch_pickle")}
+    files["text"].write_text("not a torch file\n")
+    files["empty"].write_bytes(b"")
+    torch.save({"weight": torch.ones(64, 64)}, files["cut_short"])
+    files["cut_short"].write_bytes(files["cut_short"].read_bytes()[:300])
+    files["pickle"].write_bytes(pickle.dumps(_RunsCode(marker)))
+    torch.save({"state_dict": _RunsCode(marker)}, files["torch_pickle"])
+    return files, marker

@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.models as tvm
+from conftest import hostile_torch_files
 from torch import nn
 
-from flowerpipe.errors import ConfigError
+from flowerpipe.errors import ConfigError, FlowerpipeError
 from flowerpipe.models import build_model, load_trained, replace_head, save_trained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -131,6 +132,28 @@ def test_local_file_that_does_not_fit_names_model_weights(tmp_path: Path, conten
         build_model("resnet18", str(path), 5)
     assert info.value.key == "model.weights"
     assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("kind", ["text", "empty", "cut_short", "pickle", "torch_pickle"])
+def test_a_weights_file_that_does_not_load_is_one_line_naming_model_weights(
+    tmp_path: Path, kind: str
+) -> None:
+    files, marker = hostile_torch_files(tmp_path)
+    with pytest.raises(ConfigError) as info:
+        build_model("resnet18", str(files[kind]), 5)
+    message = str(info.value)
+    assert message.startswith(f"params.yaml: model.weights: {files[kind]}: not a loadable state_dict (")
+    assert "\n" not in message and "()" not in message and len(message) < 300
+    assert not marker.exists()  # the pickle was refused, never run
+
+
+def test_a_trained_model_file_of_another_shape_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "best.pt"
+    torch.save({"state_dict": {}, "arch": "resnet18"}, path)
+    with pytest.raises(
+        FlowerpipeError, match=r"best\.pt: not a model flowerpipe trained \(a mapping without classes\)$"
+    ):
+        load_trained(path)
 
 
 def test_offline_without_cached_weights_says_where_to_put_them(torch_home: TorchHome) -> None:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import shutil
 from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
-from conftest import without_timings
+from conftest import hostile_torch_files, without_timings
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
@@ -409,11 +410,33 @@ def test_finished_run_is_not_trained_again_but_other_params_are(
     assert len(trained) == 2
 
 
-def test_unreadable_checkpoint_is_a_clear_error(tmp_path) -> None:
+@pytest.mark.parametrize(
+    "kind", ["text", "empty", "cut_short", "pickle", "torch_pickle", "tensor", "partial"]
+)
+def test_a_file_that_is_no_checkpoint_is_one_clear_line(tmp_path, kind: str) -> None:
+    """Every torch load failure, and a torch file of another shape, is one line naming the file;
+    a pickle that would run code is refused without running it."""
+    files, marker = hostile_torch_files(tmp_path / "files")
     checkpoint = tmp_path / "checkpoint.pt"
-    checkpoint.write_text("not a checkpoint")
-    with pytest.raises(FlowerpipeError, match=r"checkpoint\.pt: cannot be read as a checkpoint"):
+    if kind in files:
+        shutil.copyfile(files[kind], checkpoint)
+    elif kind == "tensor":
+        torch.save(torch.zeros(3), checkpoint)
+    else:
+        torch.save({"fingerprint": "k", "epoch": 1}, checkpoint)
+    with pytest.raises(FlowerpipeError) as info:
         fit(RESUME_CFG, checkpoint=checkpoint, key="k")
+    message = str(info.value)
+    assert message.startswith(f"{checkpoint}: not a flowerpipe checkpoint (") and "\n" not in message
+    assert message.endswith("); delete it to start over") and "()" not in message
+    assert not marker.exists()
+    expected = {
+        "empty": "empty, or cut short",
+        "torch_pickle": "it holds code to run (getattr), which is never loaded",
+        "tensor": "it holds a Tensor, not a mapping",
+        "partial": "a mapping without model, optimizer",
+    }
+    assert expected.get(kind, "") in message
 
 
 def test_fingerprint_follows_the_recipe_not_the_device() -> None:
