@@ -6,6 +6,7 @@ Under torchrun (train.launcher) every process trains; rank 0 alone writes the fi
 
 import dataclasses
 import functools
+from pathlib import Path
 
 from dvclive import Live
 
@@ -18,6 +19,8 @@ from flowerpipe.distributed import process_group
 from flowerpipe.models import build_model, save_trained
 from flowerpipe.preprocess import resize_size
 from flowerpipe.runrecord import run_record
+
+METRICS = Path("results/train/metrics.json")
 
 
 def main() -> None:
@@ -48,17 +51,22 @@ def main() -> None:
             fit()
             return
 
-        with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+        try:
+            with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
 
-            def log_epoch(metrics: dict[str, float]) -> None:
-                live.step = int(metrics["epoch"])
-                for name, value in metrics.items():
-                    if name != "epoch":
-                        live.log_metric(name, value)
-                live.next_step()
+                def log_epoch(metrics: dict[str, float]) -> None:
+                    live.step = int(metrics["epoch"])
+                    for name, value in metrics.items():
+                        if name != "epoch":
+                            live.log_metric(name, value)
+                    live.next_step()
 
-            result = fit(on_epoch=log_epoch)
-            live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+                result = fit(on_epoch=log_epoch)
+                summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
+                live.summary.update(summary)
+        except BaseException:  # DVCLive writes its summary on the way out, a failed run's too
+            METRICS.unlink(missing_ok=True)  # left, it would stop the next `dvc checkout`
+            raise
 
     model.load_state_dict(result.best_state)
     save_trained(

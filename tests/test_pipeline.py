@@ -383,6 +383,16 @@ def test_preset_runs_as_an_experiment(repo: DvcRepo, preset: str) -> None:
     assert repo.json("results/train/metrics.json")["best_epoch"] in (1, 2)
 
 
+def test_a_failed_train_leaves_no_metrics_that_block_checkout(repo: DvcRepo) -> None:
+    repo.set_params({"train": {"lr": 1e6}})  # diverges in its first epoch
+    done = repo.dvc("repro", "train", check=False)
+    assert done.returncode != 0 and "training diverged" in done.stderr
+    assert not (repo.path / "results/train/metrics.json").exists()
+    repo.run("git", "checkout", "params.yaml")
+    repo.dvc("checkout")  # the committed run comes back whole
+    assert repo.json("results/train/metrics.json")["best_epoch"] >= 1
+
+
 def test_bad_param_stops_with_one_line_naming_the_key(repo: DvcRepo) -> None:
     before = (repo.path / "data/prepared/manifest.csv").read_bytes()
     repo.set_params({"split": {"val": 0.6, "test": 0.5}})
