@@ -23,6 +23,26 @@ from flowerpipe.runrecord import run_record
 METRICS = Path("results/train/metrics.json")
 
 
+def logged(fit: functools.partial) -> training.FitResult:
+    """Run `fit`, with DVCLive writing each epoch's metrics and the summary under results/train."""
+    try:
+        with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
+
+            def log_epoch(metrics: dict[str, float]) -> None:
+                live.step = int(metrics["epoch"])
+                for name, value in metrics.items():
+                    if name != "epoch":
+                        live.log_metric(name, value)
+                live.next_step()
+
+            result = fit(on_epoch=log_epoch)
+            live.summary.update(best_epoch=result.best_epoch, best_val_accuracy=result.best_val_accuracy)
+    except BaseException:  # DVCLive writes its summary on the way out, a failed run's too
+        METRICS.unlink(missing_ok=True)  # left, it would stop the next `dvc checkout`
+        raise
+    return result
+
+
 def main() -> None:
     cfg = load_config()
     with process_group(cfg.train.device) as process:
@@ -51,22 +71,7 @@ def main() -> None:
             fit()
             return
 
-        try:
-            with Live("results/train", dvcyaml=False, save_dvc_exp=False, report=None) as live:
-
-                def log_epoch(metrics: dict[str, float]) -> None:
-                    live.step = int(metrics["epoch"])
-                    for name, value in metrics.items():
-                        if name != "epoch":
-                            live.log_metric(name, value)
-                    live.next_step()
-
-                result = fit(on_epoch=log_epoch)
-                summary = {"best_epoch": result.best_epoch, "best_val_accuracy": result.best_val_accuracy}
-                live.summary.update(summary)
-        except BaseException:  # DVCLive writes its summary on the way out, a failed run's too
-            METRICS.unlink(missing_ok=True)  # left, it would stop the next `dvc checkout`
-            raise
+        result = logged(fit)
 
     model.load_state_dict(result.best_state)
     save_trained(
