@@ -371,11 +371,6 @@ def predicted(
     )
 
 
-def accuracy(model_path: str | os.PathLike[str], crops: np.ndarray | Rows, labels: np.ndarray) -> float:
-    """Top-1 accuracy of an exported model on uint8 NHWC crops."""
-    return float(np.mean(predicted(model_path, crops) == labels))
-
-
 def calibration_indices(indices: np.ndarray, count: int, seed: int = 0) -> np.ndarray:
     """A random (seeded) sample of up to `count` of `indices`, in their original order; a smaller
     count's sample is part of a larger one's."""

@@ -28,7 +28,6 @@ from flowerpipe.quantize import (
     WEIGHT_LIMIT,
     Setting,
     _Batches,
-    accuracy,
     activation_bytes,
     calibration_indices,
     largest_int8_weight,
@@ -45,6 +44,10 @@ def test_set(onnx_model: Path) -> tuple[np.ndarray, np.ndarray]:
     """Crops the calibration never saw, labelled with the fp32 model's answers (its accuracy: 100 %)."""
     crops = center_crop(noisy_squares(300, seed=2), IMAGE_SIZE)
     return crops, Predictor(onnx_model).logits(crops).argmax(1)
+
+
+def accuracy(model: Path, crops: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(predicted(model, crops) == labels))
 
 
 def quantized(onnx_model: Path, folder: Path, calibration: np.ndarray) -> Path:
