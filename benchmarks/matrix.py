@@ -53,7 +53,7 @@ from flowerpipe.gate import gate_int8
 from flowerpipe.metrics import classification_metrics
 from flowerpipe.models import build_model, load_trained, save_trained
 from flowerpipe.preprocess import resize_size
-from flowerpipe.quantize import calibration_indices, search_int8
+from flowerpipe.quantize import calibration_indices, search_indices, search_int8
 from flowerpipe.training import fit
 
 CLASSES = ("amber", "azure", "jade")
@@ -157,11 +157,13 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         fp32,
                         int8,
                         lambda n: crops(calibration_indices(train, n)),
-                        crops(val),
-                        e.int8_agreement,
+                        crops(search_indices(train, e.calibration_images)),
                         e.calibration_images,
                     )
-                    gate_int8(fp32, int8, {"test": (crops(test), data.labels[test])}, e.max_accuracy_drop)
+                    judged = {
+                        name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))
+                    }
+                    gate_int8(fp32, int8, judged, e.max_accuracy_drop)
                     row["int8_gate"] = "passed"
                 except QuantizationError as exc:  # the gate's verdict on a random model: it did its job
                     row["int8_gate"] = f"refused: {str(exc).partition(': ')[2]}"

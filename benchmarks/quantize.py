@@ -1,7 +1,8 @@
-"""int8 on real photos: for each quantization option, how often int8 answers like fp32 on the val and
-test photos, its test accuracy and drop (with the paired standard error), and its batch-1 latency
-against ONNX Runtime fp32 in the same process (what the quantize stage's search chose is in its
-results/export/int8.json). Prints the CPU's name and the instruction sets that decide int8 speed."""
+"""int8 on real photos: for each quantization option, its divergence from fp32 on the search's
+training photos (what the quantize stage's search ranks by), how often it answers like fp32 there
+and on the val and test photos, its test accuracy and drop (with the paired standard error), and its
+batch-1 latency against ONNX Runtime fp32 in the same process (what the stage's search chose is in
+its results/export/int8.json). Prints the CPU's name and the instruction sets that decide int8 speed."""
 
 from __future__ import annotations
 
@@ -23,14 +24,20 @@ from flowerpipe.models import build_model, load_trained
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import resize_size
 from flowerpipe.quantize import (
+    EXCLUDED_STEPS,
     METHODS,
     MORE_CALIBRATION,
+    SENSITIVITY_IMAGES,
     Setting,
     _Batches,
     calibration_indices,
+    log_probabilities,
+    mean_divergence,
     pre_process,
     predicted,
     quantize_int8,
+    search_indices,
+    sensitive_nodes,
 )
 
 
@@ -90,20 +97,35 @@ def main() -> None:
         for i, (name, setting) in enumerate(settings.items()):
             files[name] = Path(tmp) / f"{i}.onnx"
             quantize_int8(fp32, files[name], sample, setting)
+        search = crops(search_indices(train, args.calibration_images))
+        ranked = sensitive_nodes(
+            fp32, pre_process(fp32, Path(tmp)), files["Percentile"], search[:SENSITIVITY_IMAGES]
+        )
+        for k in EXCLUDED_STEPS:
+            name = f"Percentile, {k} most sensitive nodes in float"
+            files[name] = Path(tmp) / f"floats{k}.onnx"
+            quantize_int8(
+                fp32, files[name], sample, Setting("Percentile", excluded_nodes=sum(ranked[:k], ()))
+            )
         files[f"MinMax on {MORE_CALIBRATION}x the photos"] = Path(tmp) / "more.onnx"
         quantize_int8(fp32, files[f"MinMax on {MORE_CALIBRATION}x the photos"], calibration(4 * len(sample)))
         files["MinMax, symmetric int8 activations"] = Path(tmp) / "symmetric.onnx"
         symmetric_activations(fp32, files["MinMax, symmetric int8 activations"], sample, Path(tmp))
         latency = measure_latency(model, files, crops(test)[:32])
         answers = {split: predicted(fp32, crops(ix)) for split, ix in (("val", val), ("test", test))}
-        rows = []
+        reference, rows = log_probabilities(fp32, search), []
         for name, path in files.items():
             test_pair = Paired.of(data.labels[test], answers["test"], predicted(path, crops(test)))
             val_agree = int(np.sum(predicted(path, crops(val)) == answers["val"]))
+            logp = log_probabilities(path, search)
+            divergence = mean_divergence(reference, logp)
+            search_agree = int(np.sum(logp.argmax(1) == reference.argmax(1)))
             ms = latency[f"onnxruntime_{name}"]["batch1_ms"]
             rows.append(
                 {
                     "model": name,
+                    "search divergence": f"{divergence:.5f}",
+                    "search agreement": f"{search_agree}/{len(search)}",
                     "val agreement": f"{val_agree}/{len(val)}",
                     "test agreement": f"{test_pair.agree}/{test_pair.photos}",
                     "test accuracy": test_pair.accuracy["int8"],

@@ -14,6 +14,8 @@ import yaml
 
 from .architectures import check_architecture
 from .errors import ConfigError
+from .preprocess import resize_size
+from .transforms import check_augment
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -196,7 +198,6 @@ class ExportConfig:
     quantize: list[str] = field(default_factory=lambda: ["int8"])
     max_accuracy_drop: float = 1.0
     calibration_images: int = 256
-    int8_agreement: float = 0.99
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "export.opset", "must be >= 17")
@@ -208,7 +209,6 @@ class ExportConfig:
         _check(len(set(self.quantize)) == len(self.quantize), "export.quantize", "lists a kind twice")
         _check(self.max_accuracy_drop >= 0, "export.max_accuracy_drop", "must be >= 0 (percentage points)")
         _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")
-        _check(0 <= self.int8_agreement <= 1, "export.int8_agreement", "must be in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -222,8 +222,9 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
-        size = self.data.image_size
-        check_architecture(self.model.arch, self.model.weights, size, self.train.train_size(size))
+        size, train_size = self.data.image_size, self.train.train_size(self.data.image_size)
+        check_architecture(self.model.arch, self.model.weights, size, train_size)
+        check_augment(self.train.augment, train_size, resize_size(size, self.data.crop_ratio))
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from .atomic import disk_full, out_of_space
 from .errors import FlowerpipeError
 
 if TYPE_CHECKING:
@@ -50,12 +53,33 @@ def run_main(main: Callable[[], int | None], summary: bool = True) -> None:
     try:
         status = main()
     except FlowerpipeError as exc:
-        where = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # one of torchrun's processes
-        print(f"error: {where}{exc}", file=sys.stderr)
-        sys.exit(1)
+        _exit_with(exc)
+    except OSError as exc:  # a full disk where no atomic write of flowerpipe's was under way
+        written = exc.filename or _file_written(exc)
+        if written is None or not out_of_space(exc, Path(written).parent):
+            raise
+        _exit_with(disk_full(written))
     if summary:
         log.info("done in %.1f s%s", time.perf_counter() - start, peak_memory())
     sys.exit(status or 0)
+
+
+def _file_written(exc: BaseException) -> str | None:
+    """The name of the file that the innermost frame of `exc` that holds one was writing: a failed
+    write() names no file of its own."""
+    tb, name = exc.__traceback__, None
+    while tb is not None:
+        for value in tb.tb_frame.f_locals.values():
+            if isinstance(value, io.IOBase) and any(m in getattr(value, "mode", "") for m in "wax+"):
+                name = getattr(value, "name", name)
+        tb = tb.tb_next
+    return str(name) if isinstance(name, str | os.PathLike) else None
+
+
+def _exit_with(exc: FlowerpipeError) -> None:
+    where = "" if is_main_process() else f"rank {os.environ['RANK']}: "  # one of torchrun's processes
+    print(f"error: {where}{exc}", file=sys.stderr)
+    sys.exit(1)
 
 
 def peak_memory() -> str:

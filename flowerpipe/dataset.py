@@ -8,7 +8,6 @@ the same order), `dataset.json` (classes and sizes) and `report.json` (skipped f
 from __future__ import annotations
 
 import csv
-import errno
 import hashlib
 import io
 import json
@@ -30,17 +29,12 @@ from .cache import ImageCache
 from .console import log, progress
 from .duplicates import dhash, duplicate_groups
 from .errors import DataError
+from .files import Skipped, is_hidden, unreadable, walk_images
 from .split import assign_splits, split_counts
 
 ORIENTATION_TAG = 0x0112
 MANIFEST_FIELDS = ("relpath", "label", "split", "sha256", "width", "height")
 DISK_MARGIN = 1_000_000_000  # bytes left free beside the cache, for the manifest and everything else
-
-
-@dataclass(frozen=True)
-class Skipped:
-    path: str
-    reason: str
 
 
 @dataclass(frozen=True)
@@ -58,30 +52,11 @@ class Prepared:
         return np.flatnonzero(self.splits == split)
 
 
-def is_hidden(name: str) -> bool:
-    """Hidden files and folders, and the resource folder that macOS adds to zip archives."""
-    return name.startswith(".") or name == "__MACOSX"
-
-
-def unreadable(path: Path, exc: OSError) -> str:
-    """Why `path` could not be opened, in words: a broken link, a link loop, permission denied..."""
-    if path.is_symlink() and not path.exists() and exc.errno == errno.ENOENT:
-        return "broken link"
-    return f"cannot be read ({exc.strerror or exc})"
-
-
 def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
     """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files and
     folders. A folder that cannot be listed is skipped, and links to folders are not followed
     (a class folder may itself be a link)."""
     classes, files, skipped = [], [], []
-
-    def unlisted(exc: OSError) -> None:
-        folder = Path(exc.filename)
-        skipped.append(
-            Skipped(folder.relative_to(root).as_posix() + "/", f"folder {unreadable(folder, exc)}")
-        )
-
     try:
         entries = sorted(root.iterdir())
     except OSError as exc:
@@ -99,22 +74,9 @@ def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
                 skipped.append(Skipped(rel + "/", f"folder {unreadable(entry, exc)}"))
                 continue
             classes.append(entry.name)
-            for dirpath, dirnames, filenames in os.walk(entry, onerror=unlisted):
-                here = Path(dirpath).relative_to(root)
-                for d in sorted(dirnames):
-                    if is_hidden(d):
-                        skipped.append(Skipped((here / d).as_posix() + "/", "hidden folder"))
-                    elif (Path(dirpath) / d).is_symlink():
-                        skipped.append(Skipped((here / d).as_posix() + "/", "link to a folder, not followed"))
-                dirnames[:] = sorted(d for d in dirnames if not is_hidden(d))
-                for name in sorted(filenames):
-                    relpath = (here / name).as_posix()
-                    if is_hidden(name):
-                        skipped.append(Skipped(relpath, "hidden"))
-                    elif Path(name).suffix.lower() not in preprocess.IMAGE_SUFFIXES:
-                        skipped.append(Skipped(relpath, "not an image file name"))
-                    else:
-                        files.append((relpath, entry.name))
+            found, passed_over = walk_images(entry, root)
+            files += [(relpath, entry.name) for relpath in found]
+            skipped += passed_over
     return classes, files, skipped
 
 

@@ -33,5 +33,9 @@ class TrainingError(FlowerpipeError):
     """Training cannot go on: the weights, or what they predict, stopped being numbers."""
 
 
+class DiskFull(FlowerpipeError):
+    """A write found no space left on its disk; what it had written is removed."""
+
+
 class ImageTooLarge(FlowerpipeError):
     """An image declares more pixels than the caller accepts (a decompression bomb, perhaps)."""

@@ -18,6 +18,7 @@ from torch import nn
 
 from .atomic import atomic_path
 from .errors import ConfigError, FlowerpipeError
+from .sources import file_digest
 
 
 def build_model(
@@ -41,6 +42,14 @@ def build_model(
             model = _pretrained(arch, weights)
         _drop_aux_heads(model)
         return replace_head(model, num_classes, head, hidden, dropout)
+
+
+def weights_identity(weights: str | None) -> str | None:
+    """What `model.weights` starts a run from, for the run's fingerprint: a local file by the
+    sha256 of its bytes (another file at the same path starts another run), else the name."""
+    if weights is not None and _looks_like_path(weights) and Path(weights).expanduser().is_file():
+        return f"sha256:{file_digest(Path(weights).expanduser())}"
+    return weights
 
 
 def _looks_like_path(weights: str) -> bool:

@@ -20,8 +20,9 @@ import numpy as np
 import onnxruntime as ort
 
 from .errors import ModelError
+from .files import QUIET, unreadable, walk_images
 from .metrics import softmax
-from .preprocess import IMAGE_SUFFIXES, preprocess_file, to_model_input
+from .preprocess import preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 
@@ -98,19 +99,25 @@ class Predictor:
 
         An image that cannot be read gets `{"path", "error"}` instead, and the others go on."""
         batch: list[tuple[str, np.ndarray | str]] = []
-        for path in image_files(paths):
-            try:
-                batch.append((path, self.load(path)))
-            except FileNotFoundError:
-                batch.append((path, "no such file"))
-            except IsADirectoryError:
-                batch.append((path, "a folder with no images"))
-            except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
-                batch.append((path, f"cannot read as an image: {type(exc).__name__}: {exc}"))
+        for path, passed_over in image_files(paths):
+            batch.append((path, passed_over or self._read(path)))
             if len(batch) == batch_size:
                 yield from self._answer_batch(batch, top_k)
                 batch = []
         yield from self._answer_batch(batch, top_k)
+
+    def _read(self, path: str) -> np.ndarray | str:
+        """The model's crop of the image file at `path`, or why it cannot be read."""
+        try:
+            return self.load(path)
+        except IsADirectoryError:
+            return "a folder with no images"
+        except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
+            if not isinstance(exc, OSError) or exc.errno is None:  # Pillow's OSErrors have none
+                return f"cannot read as an image: {type(exc).__name__}: {exc}"
+            if isinstance(exc, FileNotFoundError) and not Path(path).is_symlink():
+                return "no such file"  # gone, or never there
+            return unreadable(Path(path), exc)  # a broken link, a link loop, permission denied
 
     def _answer_batch(
         self, batch: list[tuple[str, np.ndarray | str]], top_k: int
@@ -124,18 +131,15 @@ class Predictor:
                 yield {"path": path, **self._answer(next(probs), top_k)}
 
 
-def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[str]:
-    """The paths as given; a folder becomes its image files (by suffix, sorted, hidden ones left out),
-    or itself when it holds none, so that it is answered with an error."""
+def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, str | None]]:
+    """Each path as given, and None; a folder becomes its image files (as prepare finds them) and
+    what cannot be read in it (folders that cannot be listed, links to folders), each with the reason,
+    in path order; or itself when it holds neither, so that it is answered with an error."""
     for path in map(Path, paths):
         if not path.is_dir():
-            yield str(path)
+            yield str(path), None
             continue
-        found = sorted(
-            p
-            for p in path.rglob("*")
-            if p.is_file()
-            and p.suffix.lower() in IMAGE_SUFFIXES
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-        )
-        yield from (map(str, found) if found else [str(path)])
+        files, skipped = walk_images(path, path)
+        found = [(str(path / f), None) for f in files]
+        found += [(str(path / s.path.rstrip("/")), s.reason) for s in skipped if s.reason not in QUIET]
+        yield from sorted(found) if found else [(str(path), None)]

@@ -1,5 +1,6 @@
 """Static int8 quantization of an exported model: QDQ, per-channel 7-bit weights, activations
-calibrated on real images, and a search over ONNX Runtime's settings until int8 answers like fp32.
+calibrated on real images, and a search over ONNX Runtime's settings for the int8 model whose
+class probabilities stray least from fp32's, for its speed.
 Dynamic quantization is never used: for CNNs it is slower than fp32.
 
 Weights keep to [-64, 64] (7 bits, `reduce_range`): x86 CPUs without VNNI multiply u8 activations
@@ -40,20 +41,23 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 
 from .cache import Rows
 from .console import log
+from .errors import QuantizationError
+from .latency import median_seconds
 from .predict import Predictor
 from .preprocess import to_model_input
 
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
 METHODS = ("MinMax", "Percentile", "Entropy")
 MORE_CALIBRATION = 4  # the search's larger calibration sample, times export.calibration_images
-# The search's calibrations in order: method, and the sample as a multiple of
-# export.calibration_images. Entropy comes before Percentile: on MobileNetV2 it answered like fp32
-# as often or more and calibrated 4x faster (README: int8). More photos only widen MinMax's ranges
-# (its sample holds the smaller one), which helps when the small sample missed real extremes, and
-# MinMax's usual fault is ranges too wide for the bulk of the values, which the other two clip: so
-# it comes last.
+# The search's calibrations, all tried (the first wins a tie): method, and the sample as a multiple
+# of export.calibration_images. More photos only widen MinMax's ranges (its sample holds the
+# smaller one), which helps when the small sample missed real extremes; the histogram methods clip
+# ranges instead, so a larger sample is tried for MinMax only.
 SEARCH = (("MinMax", 1), ("Entropy", 1), ("Percentile", 1), ("MinMax", MORE_CALIBRATION))
 EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search leaves in float
+FLOAT_GAIN = 0.1  # the share of the divergence from fp32 that more nodes in float must cut to be kept
+SEARCH_PHOTOS = 512  # training photos outside every calibration sample that score the settings
+SPEED_RUNS = 50  # timed batch-1 calls of fp32 and int8 each, to tell whether nodes in float still pay
 WEIGHTED = ("Conv", "Gemm", "MatMul")
 SENSITIVITY_IMAGES = 32  # search photos whose activations rank the nodes
 BATCH = 8  # photos per calibration run: histogram methods hold every activation of one batch
@@ -196,53 +200,65 @@ def largest_int8_weight(path: str | os.PathLike[str]) -> int:
 class _Tried:
     setting: Setting
     photos: int
+    divergence: float  # mean KL divergence of int8's class probabilities from fp32's (nats)
     differ: int  # photos whose top-1 class is not fp32's
     seconds: float
+    speedup: float | None  # batch-1 speed over ONNX Runtime fp32; timed once nodes are in float
     path: Path = field(repr=False)
-
-    @property
-    def agreement(self) -> float:
-        return 1 - self.differ / max(self.photos, 1)
 
     def record(self) -> dict[str, Any]:
         found = asdict(self.setting) | {"excluded_nodes": list(self.setting.excluded_nodes)}
-        return found | {
-            "agreement": round(self.agreement, 5),
-            "photos_differing": self.differ,
-            "seconds": round(self.seconds, 1),
-        }
+        return (
+            found
+            | {
+                "divergence": round(self.divergence, 6),
+                "agreement": round(1 - self.differ / max(self.photos, 1), 5),
+                "photos_differing": self.differ,
+                "seconds": round(self.seconds, 1),
+            }
+            | ({} if self.speedup is None else {"speedup_over_fp32": round(self.speedup, 2)})
+        )
 
 
 class _Search:
-    """The settings the search has tried on one fp32 model, each scored by how many of the search's
-    photos it answers with another class than fp32."""
+    """The settings the search has tried on one fp32 model, each scored by how far its class
+    probabilities stray from fp32's on the search's photos."""
 
-    def __init__(self, fp32_path: str | os.PathLike[str], folder: Path, photos: np.ndarray | Rows) -> None:
-        self.fp32_path, self.folder, self.photos = fp32_path, folder, photos
-        self.reference = predicted(fp32_path, photos)
+    def __init__(
+        self,
+        fp32_path: str | os.PathLike[str],
+        folder: Path,
+        photos: np.ndarray | Rows,
+        speedup: Callable[[Path], float],
+    ) -> None:
+        self.fp32_path, self.folder, self.photos, self.speedup = fp32_path, folder, photos, speedup
+        self.reference = log_probabilities(fp32_path, photos)
         self.prepared = pre_process(fp32_path, folder)  # once for every try
         self.tried: list[_Tried] = []
+        self.failed: list[dict[str, Any]] = []  # calibrations ONNX Runtime could not make
 
     def attempt(self, setting: Setting, crops: np.ndarray | Rows) -> _Tried:
         setting = replace(setting, calibration_images=len(crops))
         path, start = self.folder / f"{len(self.tried)}.onnx", time.perf_counter()
         cache = self.folder / f"{setting.method}-{len(crops)}.json"  # ranges reused by later tries
         quantize_int8(self.fp32_path, path, crops, setting, cache=cache, prepared=self.prepared)
-        differ = int(np.count_nonzero(predicted(path, self.photos) != self.reference))
-        tried = _Tried(setting, len(self.photos), differ, time.perf_counter() - start, path)
+        logp = log_probabilities(path, self.photos)
+        divergence = mean_divergence(self.reference, logp)
+        differ = int(np.count_nonzero(logp.argmax(1) != self.reference.argmax(1)))
+        speedup = self.speedup(path) if setting.excluded_nodes else None
+        seconds = time.perf_counter() - start
+        tried = _Tried(setting, len(self.photos), divergence, differ, seconds, speedup, path)
         self.tried.append(tried)
+        speed = "" if speedup is None else f", {speedup:.2f}x fp32's speed at batch 1"
         log.info(
-            "int8, %s: the same class as fp32 on %.2f%% of %d search photos (%d differ)",
+            "int8, %s: divergence from fp32 %.5f nats on %d search photos (%d answer another class)%s",
             setting.describe(),
-            100 * tried.agreement,
+            divergence,
             tried.photos,
             differ,
+            speed,
         )
         return tried
-
-    def best(self) -> _Tried:
-        """The setting that differs from fp32 on the fewest photos, the first (fastest) of equals."""
-        return min(self.tried, key=lambda t: t.differ)
 
 
 def search_int8(
@@ -250,76 +266,82 @@ def search_int8(
     int8_path: str | os.PathLike[str],
     calibration: Callable[[int], np.ndarray | Rows],
     photos: np.ndarray | Rows,
-    target_agreement: float,
     calibration_images: int,
+    speedup: Callable[[str | os.PathLike[str], Path], float] | None = None,
 ) -> dict[str, Any]:
-    """Write the fastest int8 model found whose top-1 class is fp32's on `target_agreement` of
-    `photos` (uint8 crops; no labels needed), or, if none is, the one that agrees most; return what
-    was tried and chosen.
+    """Write the int8 model whose class probabilities stray least from fp32's on `photos` (uint8
+    crops; no labels needed) for its speed; return what was tried and chosen.
 
-    `calibration(n)` gives the crops of up to n calibration photos. In order, each tried only while
-    none reached the target: the calibrations of SEARCH; then the best of them with the 1, 2, 4 and
-    8 nodes whose output loses the most signal to quantization left in float. The calibrations share
-    one graph and so one speed; each node left in float slows the model, so the first to reach the
-    target is the fastest. Whether int8 is good enough is the gate's to say, on other photos."""
+    `calibration(n)` gives the crops of up to n calibration photos. Every calibration of SEARCH is
+    tried and the one of least divergence (mean KL, a continuous score: top-1 agreement on a few
+    hundred photos is too coarse to rank settings) is kept; they share one graph and so one speed.
+    Then the 1, 2, 4 and 8 nodes whose output loses the most signal to quantization are left in
+    float, each try timed against fp32 by `speedup(fp32, int8)` (default: batch-1 ONNX Runtime
+    latency): a try is kept when it cuts the divergence by FLOAT_GAIN, and the search stops at
+    the first that is not faster than fp32. Whether int8 is good enough is the gate's to say, on
+    other photos."""
+    timed = speedup or batch1_speedup
     with tempfile.TemporaryDirectory() as tmp:
-        search = _Search(fp32_path, Path(tmp), photos)
-        found = _search_calibrations(search, calibration, calibration_images, target_agreement)
-        if found is None:
-            found = _search_floats(search, calibration, target_agreement)
-        chosen = found or search.best()
-        if found is None:
-            log.warning(
-                "int8: no setting answered like fp32 on %g of the search photos "
-                "(export.int8_agreement); kept the closest, %s, at %.2f%%: the gate decides",
-                target_agreement,
-                chosen.setting.describe(),
-                100 * chosen.agreement,
-            )
+        search = _Search(fp32_path, Path(tmp), photos, lambda path: timed(fp32_path, path))
+        calibrated = _search_calibrations(search, calibration, calibration_images)
+        chosen = _search_floats(search, calibration, calibrated)
         shutil.copyfile(chosen.path, int8_path)
     record = {"chosen": chosen.record(), "search_photos": len(photos)}
     _set_metadata(
         int8_path, {**Predictor(int8_path).metadata, "quantization_settings": json.dumps(record["chosen"])}
     )
-    return record | {"search": [t.record() for t in search.tried]}
+    return record | {"search": [t.record() for t in search.tried], "search_failed": search.failed}
 
 
 def _search_calibrations(
-    search: _Search,
-    calibration: Callable[[int], np.ndarray | Rows],
-    calibration_images: int,
-    target: float,
-) -> _Tried | None:
-    """The first calibration of SEARCH that reaches the target, or None; the larger sample is read
-    only when it is reached, and skipped if it holds no more photos."""
-    base = calibration(calibration_images)
+    search: _Search, calibration: Callable[[int], np.ndarray | Rows], calibration_images: int
+) -> _Tried:
+    """The calibration of SEARCH of least divergence, the first of equals; the larger sample is
+    skipped if it holds no more photos."""
+    base, best = calibration(calibration_images), None
     for method, times in SEARCH:
         crops = base if times == 1 else calibration(calibration_images * times)
         if times > 1 and len(crops) == len(base):
             continue
-        tried = search.attempt(Setting(method), crops)
-        if tried.agreement >= target:
-            return tried
-    return None
+        try:
+            tried = search.attempt(Setting(method), crops)
+        except ValueError as exc:  # NumPy's histogram of an activation whose range is all but zero
+            search.failed.append({"method": method, "calibration_images": len(crops), "error": str(exc)})
+            log.warning("int8: %s calibration failed on this model, passed over: %s", method, exc)
+            continue
+        if best is None or tried.divergence < best.divergence:
+            best = tried
+    if best is None:
+        raise QuantizationError(f"int8: every calibration failed: {search.failed}")
+    return best
 
 
-def _search_floats(
-    search: _Search, calibration: Callable[[int], np.ndarray | Rows], target: float
-) -> _Tried | None:
-    """The best calibration with more and more of the most sensitive nodes left in float: the first
-    to reach the target, or None."""
-    start = search.best()
+def _search_floats(search: _Search, calibration: Callable[[int], np.ndarray | Rows], start: _Tried) -> _Tried:
+    """`start` with more and more of the most sensitive nodes left in float: the last try that cut
+    the divergence of the one kept before it by FLOAT_GAIN, until a try is not faster than fp32."""
     ranked = sensitive_nodes(
         search.fp32_path, search.prepared, start.path, search.photos[:SENSITIVITY_IMAGES]
     )
-    crops = calibration(start.setting.calibration_images)
+    crops, best = calibration(start.setting.calibration_images), start
     for k in EXCLUDED_STEPS:
         if k > len(ranked):
             break
         tried = search.attempt(replace(start.setting, excluded_nodes=sum(ranked[:k], ())), crops)
-        if tried.agreement >= target:
-            return tried
-    return None
+        if tried.speedup is not None and tried.speedup <= 1:
+            log.info("int8: %d nodes in float are not faster than fp32 on this CPU: no more are tried", k)
+            break
+        if tried.divergence <= (1 - FLOAT_GAIN) * best.divergence:
+            best = tried
+    return best
+
+
+def batch1_speedup(fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str]) -> float:
+    """How many times faster `int8_path` answers one photo than `fp32_path` in ONNX Runtime, the
+    two timed in turns (median of SPEED_RUNS each)."""
+    fp32, int8 = Predictor(fp32_path), Predictor(int8_path)
+    x = np.zeros((1, fp32.image_size, fp32.image_size, 3), np.uint8)
+    spent = median_seconds({"fp32": lambda: fp32.logits(x), "int8": lambda: int8.logits(x)}, 5, SPEED_RUNS)
+    return spent["fp32"] / spent["int8"]
 
 
 def sensitive_nodes(
@@ -365,10 +387,33 @@ def predicted(
     model_path: str | os.PathLike[str], crops: np.ndarray | Rows, batch_size: int = 64
 ) -> np.ndarray:
     """An exported model's top-1 class for each of the uint8 NHWC crops, read a batch at a time."""
+    return log_probabilities(model_path, crops, batch_size).argmax(1)
+
+
+def log_probabilities(
+    model_path: str | os.PathLike[str], crops: np.ndarray | Rows, batch_size: int = 64
+) -> np.ndarray:
+    """An exported model's log class probabilities for the uint8 NHWC crops, a batch at a time."""
     predictor = Predictor(model_path)
-    return np.concatenate(
-        [predictor.logits(crops[i : i + batch_size]).argmax(1) for i in range(0, len(crops), batch_size)]
-    )
+    logits = np.concatenate(
+        [predictor.logits(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
+    ).astype(np.float64)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+
+def mean_divergence(reference: np.ndarray, other: np.ndarray) -> float:
+    """The mean KL divergence (nats) of the class probabilities `other` from `reference`, both
+    given as log probabilities, one row per photo."""
+    return float(np.mean(np.sum(np.exp(reference) * (reference - other), axis=1)))
+
+
+def search_indices(indices: np.ndarray, calibration_images: int, count: int = SEARCH_PHOTOS) -> np.ndarray:
+    """The search's photos: a seeded sample of up to `count` of `indices` outside every calibration
+    sample the search draws (the calibration photos themselves, if none are left)."""
+    calibrated = calibration_indices(indices, calibration_images * MORE_CALIBRATION)
+    rest = np.setdiff1d(indices, calibrated)
+    return calibration_indices(rest if len(rest) else indices, count, seed=1)
 
 
 def calibration_indices(indices: np.ndarray, count: int, seed: int = 0) -> np.ndarray:

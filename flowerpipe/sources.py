@@ -19,8 +19,8 @@ from tqdm.auto import tqdm
 
 from .atomic import atomic_dir, write_json
 from .console import log
-from .dataset import is_hidden
 from .errors import DataError
+from .files import is_hidden
 
 ARCHIVE_SUFFIXES = (".tgz", ".tar.gz", ".tar", ".zip")
 MAX_MEMBER_BYTES = 2**30  # one photo over 1 GiB is not a photo

@@ -20,6 +20,7 @@ from .errors import ConfigError
 from .preprocess import MEAN, STD
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
+CHECKED_IMAGES = 8  # dummy images each train.augment step is tried on when params.yaml is read
 
 
 class CropFlip:
@@ -101,22 +102,50 @@ def build_augment(spec: list[dict[str, dict[str, Any]]], image_size: int) -> Tra
     `image_size`, and a final centre crop guarantees `image_size` x `image_size` output.
     A random resized crop with an optional flip (the default) is the batched `CropFlip`; its
     arguments are still checked by building the v2 steps."""
-    steps = []
-    for i, step in enumerate(spec):
-        ((name, args),) = step.items()
-        cls = getattr(v2, name, None)
-        if not (inspect.isclass(cls) and issubclass(cls, v2.Transform)):
-            raise ConfigError(f"train.augment[{i}]", f"{name!r} is not a torchvision.transforms.v2 transform")
-        kwargs = dict(args or {})
-        size = inspect.signature(cls).parameters.get("size")
-        if size is not None and size.default is inspect.Parameter.empty:
-            kwargs.setdefault("size", image_size)
-        try:
-            steps.append(cls(**kwargs))
-        except (TypeError, ValueError) as exc:
-            raise ConfigError(f"train.augment[{i}].{name}", str(exc)) from None
+    steps = [_build_step(i, step, image_size) for i, step in enumerate(spec)]
     steps.append(v2.CenterCrop(image_size))
     return _crop_flip(spec, image_size) or v2.Compose(steps)
+
+
+def check_augment(spec: list[dict[str, dict[str, Any]]], image_size: int, square: int) -> None:
+    """Build `spec` and apply it, a step at a time and then whole, to dummy uint8 images of the
+    cached squares' side (`square`), as training will: an argument that only fails on an image (a
+    reversed range, a crop larger than the square) raises ConfigError naming the step. Random steps
+    draw anew for each of the CHECKED_IMAGES."""
+    with torch.random.fork_rng(devices=[]):  # the draws here leave training's seeded ones alone
+        dummy = images = torch.randint(0, 256, (CHECKED_IMAGES, 3, square, square), dtype=torch.uint8)
+        for i, step in enumerate(spec):
+            key = f"train.augment[{i}].{next(iter(step))}"
+            images = _applied(key, _build_step(i, step, image_size), images)
+        out = _applied("train.augment", build_augment(spec, image_size), dummy)
+    shape = (3, image_size, image_size)
+    ok = isinstance(out, torch.Tensor) and out.dtype == torch.uint8 and out.shape[1:] == shape
+    if not ok:
+        got = f"{out.dtype} {tuple(out.shape[1:])}" if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ConfigError("train.augment", f"must turn uint8 images into uint8 RGB images, got {got}")
+
+
+def _applied(key: str, transform: Transform, images: torch.Tensor) -> torch.Tensor:
+    try:
+        return augment_batch(images, transform)
+    except Exception as exc:  # v2 raises what torch's ops raise: TypeError, ValueError, RuntimeError...
+        size = "x".join(map(str, images.shape[-2:]))
+        raise ConfigError(key, f"fails on a {size} training image: {exc}".replace("\n", " ")) from None
+
+
+def _build_step(i: int, step: dict[str, dict[str, Any]], image_size: int) -> v2.Transform:
+    ((name, args),) = step.items()
+    cls = getattr(v2, name, None)
+    if not (inspect.isclass(cls) and issubclass(cls, v2.Transform)):
+        raise ConfigError(f"train.augment[{i}]", f"{name!r} is not a torchvision.transforms.v2 transform")
+    kwargs = dict(args or {})
+    size = inspect.signature(cls).parameters.get("size")
+    if size is not None and size.default is inspect.Parameter.empty:
+        kwargs.setdefault("size", image_size)
+    try:
+        return cls(**kwargs)
+    except Exception as exc:  # whatever the constructor raises for a bad argument
+        raise ConfigError(f"train.augment[{i}].{name}", str(exc).replace("\n", " ")) from None
 
 
 def augment_batch(images: torch.Tensor, augment: Transform) -> torch.Tensor:

@@ -1,6 +1,6 @@
-"""quantize@KIND: write models/model.KIND.onnx, calibrated on training photos and searched until it
-answers like fp32 on half the val photos, and only if the gate passes it on the other half and the
-test photos, which the search never saw; time it against fp32 and PyTorch."""
+"""quantize@KIND: write models/model.KIND.onnx, calibrated on training photos and searched for the
+settings that stray least from fp32 on other training photos, and only if the gate passes it on
+the val and test photos, which the search never saw; time it against fp32 and PyTorch."""
 
 import sys
 
@@ -14,7 +14,7 @@ from flowerpipe.dataset import load_prepared
 from flowerpipe.gate import gate_int8
 from flowerpipe.latency import measure_latency
 from flowerpipe.models import load_trained
-from flowerpipe.quantize import calibration_indices, search_int8
+from flowerpipe.quantize import calibration_indices, search_indices, search_int8
 
 FP32 = "models/model.onnx"
 
@@ -36,12 +36,10 @@ def main() -> None:
             FP32,
             tmp,
             lambda count: crops(calibration_indices(train, count)),
-            crops(val[::2]),  # every other photo in manifest order: each class's share
-            cfg.int8_agreement,
+            crops(search_indices(train, cfg.calibration_images)),
             cfg.calibration_images,
         )
-        held_out = {"val_held_out": val[1::2], "test": test}
-        splits = {name: (crops(ix), data.labels[ix]) for name, ix in held_out.items()}
+        splits = {name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))}
         judged = gate_int8(FP32, tmp, splits, cfg.max_accuracy_drop, shown_as=path)
         latency = measure_latency(model, {"fp32": FP32, kind: tmp}, crops(test)[:32])
     speedup = latency["onnxruntime_fp32"]["batch1_ms"] / latency[f"onnxruntime_{kind}"]["batch1_ms"]
@@ -54,7 +52,7 @@ def main() -> None:
             "test_accuracy": test_pair["accuracy"],
             "accuracy_drop_points": test_pair["drop_points"],
             "agreement": {
-                "val_searched": found["chosen"]["agreement"],
+                "search": found["chosen"]["agreement"],
                 **{name: p["agreement"] for name, p in judged["paired"].items()},
             },
             "calibration_images": found["chosen"]["calibration_images"],

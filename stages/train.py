@@ -16,7 +16,7 @@ from flowerpipe.config import load_config
 from flowerpipe.console import run_main
 from flowerpipe.dataset import load_prepared
 from flowerpipe.distributed import process_group
-from flowerpipe.models import build_model, save_trained
+from flowerpipe.models import build_model, save_trained, weights_identity
 from flowerpipe.preprocess import resize_size
 from flowerpipe.runrecord import run_record
 
@@ -51,8 +51,9 @@ def main() -> None:
         with process.main_first():  # pretrained weights are downloaded once
             classes, seed = len(data.classes), cfg.train.seed
             model = build_model(cfg.model.arch, cfg.model.weights, classes, seed=seed, **head)
+        start = weights_identity(cfg.model.weights)  # a local file by its content, not its path
         key = training.fingerprint(
-            cfg.model, cfg.train.recipe, cfg.data.image_size, cfg.data.crop_ratio, data.fingerprint
+            cfg.model, start, cfg.train.recipe, cfg.data.image_size, cfg.data.crop_ratio, data.fingerprint
         )
         fit = functools.partial(
             training.fit,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import multiprocessing
 import os
 import shutil
 import signal
@@ -67,8 +68,8 @@ SMALL = {
     # random weights: every layer learns from the first step, as the README advises
     "train": {"epochs": 2, "batch_size": 16, "head_epochs": 0, "backbone_lr_factor": 1.0},
     # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize and test_gate
-    # test the search and the gate, so here the search stops at its first setting
-    "export": {"max_accuracy_drop": 100.0, "calibration_images": 16, "int8_agreement": 0.0},
+    # test the search and the gate, so here the gate lets any int8 model through
+    "export": {"max_accuracy_drop": 100.0, "calibration_images": 16},
 }
 
 
@@ -284,3 +285,28 @@ def hostile_torch_files(folder: Path) -> tuple[dict[str, Path], Path]:
     files["pickle"].write_bytes(pickle.dumps(_RunsCode(marker)))
     torch.save({"state_dict": _RunsCode(marker)}, files["torch_pickle"])
     return files, marker
+
+
+def _as_unprivileged(queue, call, args) -> None:
+    if os.geteuid() == 0:  # root reads whatever the permissions say: be nobody
+        os.setgid(65534)
+        os.setuid(65534)
+    try:
+        queue.put(call(*args))
+    except Exception as exc:  # handed to the test, which raises it
+        queue.put(exc)
+
+
+def unprivileged(call, *args):
+    """`call(*args)` in a forked process that file permissions bind, even when the tests run as
+    root; what it returns or raises comes back."""
+    Image.init()  # every PIL plugin loaded before the fork
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_as_unprivileged, args=(queue, call, args))
+    child.start()
+    result = queue.get(timeout=300)
+    child.join()
+    if isinstance(result, Exception):
+        raise result
+    return result

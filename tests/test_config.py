@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import typing
 from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 import yaml
+from torchvision.transforms import v2
 
 from flowerpipe.config import FLOWER_PHOTOS_URL, Config, config_from_dict, load_config
 from flowerpipe.errors import ConfigError
+from flowerpipe.preprocess import resize_size
+from flowerpipe.transforms import augment_batch, build_augment
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -243,3 +248,42 @@ def test_a_number_that_is_not_finite_is_refused_for_every_key(tmp_path: Path, ke
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "params.yaml")
     assert str(info.value).startswith(f"params.yaml: {key}: must be a finite number, got ")
+
+
+HOSTILE_ARGUMENTS = (-1, 0, 1e6, [1.0, 0.5], [0.5], "x", [])
+
+
+def _augment_corpus() -> list[dict[str, Any]]:
+    """Each torchvision.transforms.v2 class with no arguments, and with each of its arguments set
+    to each of HOSTILE_ARGUMENTS in turn."""
+    cases = []
+    for name in sorted(dir(v2)):
+        cls = getattr(v2, name)
+        if not (inspect.isclass(cls) and issubclass(cls, v2.Transform)):
+            continue
+        cases.append({name: {}})
+        for arg in inspect.signature(cls).parameters:
+            cases += [{name: {arg: value}} for value in HOSTILE_ARGUMENTS if arg not in ("args", "kwargs")]
+    return cases
+
+
+def test_every_augment_that_params_yaml_accepts_runs_on_training_images() -> None:
+    """A generated corpus: every v2 class, every argument, a hostile value. Either the step is
+    refused when params.yaml is read, in one line naming it, or training can apply it."""
+    size, square = 32, resize_size(32, 0.875)
+    accepted, refused = 0, 0
+    torch.manual_seed(0)
+    for step in _augment_corpus():
+        params = {"data": {"image_size": size}, "train": {"augment": [step]}}
+        try:
+            config_from_dict(params)
+        except ConfigError as exc:
+            assert str(exc).startswith("params.yaml: train.augment") and "\n" not in str(exc), step
+            refused += 1
+            continue
+        augment = build_augment([step], size)
+        for _ in range(3):  # random steps draw anew each time
+            out = augment_batch(torch.randint(0, 256, (4, 3, square, square), dtype=torch.uint8), augment)
+            assert out.dtype == torch.uint8 and out.shape == (4, 3, size, size), step
+        accepted += 1
+    assert accepted > 50 and refused > 200  # both sides of the corpus are exercised

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import multiprocessing
 import os
 import shutil
 import tempfile
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo, make_photos
+from conftest import draw_photo, make_photos, unprivileged
 from PIL import Image
 
 from flowerpipe import dataset, preprocess
@@ -366,31 +365,6 @@ def test_a_photo_deleted_after_the_scan_is_skipped(photos: Path, tmp_path: Path,
     metrics = prepare(photos, out)
     assert skipped_reasons(out) == {"roses/roses_003.jpg": "cannot be read (No such file or directory)"}
     assert metrics["images"] == 3 * 24 - 1
-
-
-def _as_unprivileged(queue, call, args) -> None:
-    if os.geteuid() == 0:  # root reads whatever the permissions say: be nobody
-        os.setgid(65534)
-        os.setuid(65534)
-    try:
-        queue.put(call(*args))
-    except Exception as exc:  # handed to the test, which raises it
-        queue.put(exc)
-
-
-def unprivileged(call, *args):
-    """`call(*args)` in a forked process that file permissions bind, even when the tests run as
-    root; what it returns or raises comes back."""
-    Image.init()  # every PIL plugin loaded before the fork
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    child = context.Process(target=_as_unprivileged, args=(queue, call, args))
-    child.start()
-    result = queue.get(timeout=300)
-    child.join()
-    if isinstance(result, Exception):
-        raise result
-    return result
 
 
 def test_unreadable_files_and_folders_are_skipped_with_reasons() -> None:

@@ -58,12 +58,12 @@ def test_simulated_refusal_rate_matches_the_binomial() -> None:
     assert simulated == pytest.approx(exact, abs=4 * math.sqrt(exact * (1 - exact) / 40_000))
 
 
-@pytest.mark.parametrize("gained", [0, 3, 6, 9])
+@pytest.mark.parametrize("gained", [0, 5, 10, 15])
 def test_error_rates_on_the_photos_the_flower_sets_search_does_not_see(gained: int) -> None:
-    """On 826 photos (half the default split's val, and its test), with up to 9 photos gained
-    (int8 and fp32 then disagree on up to 2.7 % of photos at a 0.5-point drop, 5.2 % at 3): a model
-    that loses half a point is refused under 5 % of the time, one that loses 3 points over 95 %."""
-    paired = Paired(826, gained, gained, 826 - 2 * gained, 750)
+    """On 1,101 photos (the default split's val and test), with up to 15 photos gained (int8 and
+    fp32 then disagree on up to 3.2 % of photos at a 0.5-point drop): a model that loses half a
+    point is refused under 5 % of the time, one that loses 3 points over 95 %."""
+    paired = Paired(1101, gained, gained, 1101 - 2 * gained, 1000)
     rates = judge(paired, 1.0)["refusal_rate_if_true_drop"]
     assert rates["0.5"] <= 0.05 and rates["3"] >= 0.95
     assert refusal_rate(paired, 0.5, 1.0) == rates["0.5"]  # seeded: the record can be recomputed

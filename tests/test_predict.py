@@ -6,14 +6,15 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, IMAGE_SIZE, REPO, RESIZE, make_photos
+from conftest import CLASSES, IMAGE_SIZE, REPO, RESIZE, make_photos, unprivileged
 
-from flowerpipe import dataset
+from flowerpipe import dataset, predict
 from flowerpipe.errors import ModelError
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import center_crop, to_model_input
@@ -91,6 +92,61 @@ def test_cli_answers_good_images_and_reports_bad_ones(onnx_model: Path, photos: 
         assert answer["label"] in CLASSES and answer["top_k"][0]["label"] == answer["label"]
         scores = [t["score"] for t in answer["top_k"]]
         assert len(scores) == 3 and scores == sorted(scores, reverse=True) and sum(scores) <= 1 + 1e-5
+
+
+def test_every_path_in_a_folder_gets_an_answer_or_prepares_reason(onnx_model: Path, photos: Path) -> None:
+    """A broken link, a link loop, a link to a folder, a file and a folder that cannot be read:
+    each gets its own error line, in prepare's words; hidden files and other names are passed over."""
+    with tempfile.TemporaryDirectory() as scratch:  # not under tmp_path, whose parents are private
+        album = Path(scratch) / "album"
+        (album / "locked").mkdir(parents=True)
+        Path(scratch).chmod(0o777)
+        album.chmod(0o777)
+        good = sorted(photos.rglob("*.jpg"))[:2]
+        for i, source in enumerate(good):
+            shutil.copy(source, album / f"good_{i}.jpg")
+        shutil.copy(good[0], album / "locked/inside.jpg")
+        shutil.copy(good[0], album / "secret.jpg")
+        (album / "secret.jpg").chmod(0)
+        (album / "locked").chmod(0)
+        (album / "broken.jpg").symlink_to(album / "gone.jpg")
+        (album / "loop_a.jpg").symlink_to("loop_b.jpg")
+        (album / "loop_b.jpg").symlink_to("loop_a.jpg")
+        shutil.copytree(photos / "roses", Path(scratch) / "roses")
+        (album / "more").symlink_to(Path(scratch) / "roses", target_is_directory=True)
+        (album / ".hidden.jpg").write_bytes(b"left out")
+        (album / "notes.txt").write_text("left out")
+        model = Path(shutil.copy(onnx_model, scratch))  # where the unprivileged reader can read it
+        answers = unprivileged(lambda: list(Predictor(model).predict_paths([album])))
+    errors = {Path(a["path"]).relative_to(album).as_posix(): a["error"] for a in answers if "error" in a}
+    assert errors == {
+        "broken.jpg": "broken link",
+        "locked": "folder cannot be read (Permission denied)",
+        "loop_a.jpg": "cannot be read (Too many levels of symbolic links)",
+        "loop_b.jpg": "cannot be read (Too many levels of symbolic links)",
+        "more": "link to a folder, not followed",
+        "secret.jpg": "cannot be read (Permission denied)",
+    }
+    answered = [Path(a["path"]).name for a in answers if "error" not in a]
+    assert answered == ["good_0.jpg", "good_1.jpg"] and len(answers) == 8
+
+
+def test_a_photo_gone_after_the_folder_was_listed_gets_its_line(
+    onnx_model: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    album = tmp_path / "album"
+    shutil.copytree(photos / "roses", album)
+    walk = predict.walk_images
+
+    def walk_then_delete(folder: Path, root: Path) -> tuple[list[str], list]:
+        found = walk(folder, root)
+        (album / found[0][0]).unlink()
+        return found
+
+    monkeypatch.setattr(predict, "walk_images", walk_then_delete)
+    answers = list(Predictor(onnx_model).predict_paths([album]))
+    assert answers[0] == {"path": str(album / "roses_000.jpg"), "error": "no such file"}
+    assert len(answers) == 10 and all("error" not in a for a in answers[1:])
 
 
 def test_cli_all_good_exits_zero(onnx_model: Path, photos: Path) -> None:
