@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .cache import Rows
+from .console import log
 from .errors import QuantizationError
 from .quantize import WEIGHT_LIMIT, largest_int8_weight, predicted
 
@@ -166,6 +167,14 @@ def gate_int8(
             f"({' + '.join(paired)}; {judged.lost} lost, {judged.gained} gained): less {Z:g} standard "
             f"errors, still above export.max_accuracy_drop {max_drop_points:g}"
         )
+    agreement = ", ".join(f"{p.agreement:.1%} of the {p.photos} {name}" for name, p in paired.items())
+    log.info(
+        "int8 gave fp32's class on %s photos; %.2f ± %.2f points below fp32 on all %d: passed",
+        agreement,
+        judged.drop_points,
+        judged.error_points,
+        judged.photos,
+    )
     return {
         "paired": {name: p.record() for name, p in paired.items()},
         "gate": verdict | {"largest_int8_weight": largest},

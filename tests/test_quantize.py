@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -105,13 +106,19 @@ def test_int8_weights_cannot_saturate_16_bit_pair_sums(
 
 
 def test_calibrated_int8_keeps_the_accuracy(
-    onnx_model: Path, int8_model: Path, test_set: tuple[np.ndarray, np.ndarray]
+    onnx_model: Path,
+    int8_model: Path,
+    test_set: tuple[np.ndarray, np.ndarray],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     crops, labels = test_set
     assert len(set(labels.tolist())) == 3  # the fp32 answers are not one class
     assert accuracy(int8_model, crops, labels) >= 0.97
+    caplog.set_level(logging.INFO, logger="flowerpipe")
     judged = gate_int8(onnx_model, int8_model, {"val": test_set}, 3.0)  # passes: no error
-    assert judged["gate"]["refused"] is False and judged["paired"]["val"]["agreement"] >= 0.97
+    agreement = judged["paired"]["val"]["agreement"]
+    assert judged["gate"]["refused"] is False and agreement >= 0.97
+    assert f"int8 gave fp32's class on {agreement:.1%} of the 300 val photos;" in caplog.text
 
 
 def test_miscalibrated_int8_is_refused(
