@@ -43,7 +43,7 @@ from .console import log, progress
 from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from .errors import ConfigError, FlowerpipeError, TrainingError
-from .evaluation import predict_logits
+from .evaluation import for_inference, predict_logits
 from .models import (
     backbone_modules,
     freeze,
@@ -398,10 +398,12 @@ def _feature_feed(
     """A feed of what the frozen backbone hands the head for the centre crop of each train and val
     image, computed once; None for models that do more after their head (SqueezeNet pools)."""
     start = time.perf_counter()
-    head = run.model.get_submodule(head_name(run.model))
+    name = head_name(run.model)
+    head, model = run.model.get_submodule(name), for_inference(run.model)
     captured: list[torch.Tensor] = []
-    hook = head.register_forward_pre_hook(lambda _, args: captured.append(args[0].float()))
-    model = run.model.eval()
+    hook = model.get_submodule(name).register_forward_pre_hook(
+        lambda _, args: captured.append(args[0].float())
+    )
     try:
         outputs = []
         with torch.inference_mode(), run.autocast():

@@ -7,8 +7,9 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
-from flowerpipe.evaluation import predict_logits
+from flowerpipe.evaluation import for_inference, predict_logits
 from flowerpipe.metrics import (
     classification_metrics,
     confusion_matrix,
@@ -139,3 +140,40 @@ def test_predict_logits_crops_and_batches() -> None:
     with torch.no_grad():
         expected = model(torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float32))).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)
+
+
+def _conv_bn() -> nn.Sequential:
+    """A convolution and a BatchNorm whose running statistics are not the identity."""
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 6 * 6, 2)
+    )
+    net.train()
+    for _ in range(5):
+        net(3 * torch.randn(16, 3, 8, 8) + 1)
+    return net
+
+
+def test_for_inference_folds_batchnorm_into_the_convolutions_with_the_same_logits() -> None:
+    model = _conv_bn()
+    folded = for_inference(model)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(model[1], nn.BatchNorm2d)  # a copy: the model that trains keeps its own
+    x = torch.randn(4, 3, 8, 8)
+    with torch.inference_mode():
+        torch.testing.assert_close(folded(x), model.eval()(x), rtol=1e-5, atol=1e-5)
+
+
+class _DataDependent(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = _conv_bn()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return -y if y.mean() > 0 else y  # control flow on a value: torch.fx cannot trace it
+
+
+def test_a_model_torch_fx_cannot_trace_is_used_as_it_is() -> None:
+    model = _DataDependent()
+    assert for_inference(model) is model and not model.training

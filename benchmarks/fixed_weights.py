@@ -1,0 +1,92 @@
+"""Passes with fixed weights (the features-once pass, validation, evaluate): images/s of one model in
+eval mode at batch 32, each engine in turn in one process, and how far its logits are from PyTorch
+eager fp32. Engines: eager (as validation and evaluate run), BatchNorm folded into the
+convolutions (torch.fx), TorchScript frozen, fp32 and bf16 autocast, and ONNX Runtime."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from common import arguments, report
+
+from flowerpipe.evaluation import for_inference
+from flowerpipe.export import export_onnx, onnx_metadata
+from flowerpipe.models import build_model, load_trained
+from flowerpipe.predict import Predictor
+from flowerpipe.preprocess import to_model_input
+
+
+def _timed(
+    run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray, rounds: int
+) -> tuple[float, np.ndarray]:
+    """Images per second (the best of `rounds` passes after one warm-up) and the logits."""
+    logits = run(batch)
+    best = float("inf")
+    for _ in range(rounds):
+        start = time.perf_counter()
+        run(batch)
+        best = min(best, time.perf_counter() - start)
+    return len(batch) / best, logits
+
+
+def _torch_engine(model: torch.nn.Module, bf16: bool) -> Callable[[np.ndarray], np.ndarray]:
+    def run(batch: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(to_model_input(batch)).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", torch.bfloat16, enabled=bf16):
+            return model(x).float().detach().numpy()
+
+    return run
+
+
+def main() -> None:
+    parser = arguments(__doc__.splitlines()[0])
+    parser.add_argument(
+        "--weights", type=Path, help="a models/best.pt (default: mobilenet_v2, random weights)"
+    )
+    parser.add_argument("--rounds", type=int, default=5)
+    args = parser.parse_args()
+    if args.weights:
+        model, meta = load_trained(args.weights)
+        arch = meta["arch"]
+    else:
+        arch, model = "mobilenet_v2", build_model("mobilenet_v2", None, 5, seed=0)
+    model = model.eval().to(memory_format=torch.channels_last)
+    rng = np.random.default_rng(0)
+    batch = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)  # uint8 NHWC crops
+    folded = for_inference(model)  # what validation, evaluate and the features pass run now
+    with torch.inference_mode():
+        example = torch.from_numpy(to_model_input(batch[:2])).contiguous(memory_format=torch.channels_last)
+        scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
+    engines = {
+        "eager (as validation and evaluate run)": _torch_engine(model, bf16=False),
+        "BatchNorm folded (torch.fx)": _torch_engine(folded, bf16=False),
+        "TorchScript frozen, optimize_for_inference": _torch_engine(scripted, bf16=False),
+        "eager, bf16 autocast": _torch_engine(model, bf16=True),
+        "BatchNorm folded, bf16 autocast": _torch_engine(folded, bf16=True),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx = Path(tmp) / "model.onnx"
+        export_onnx(model, onnx, 224, onnx_metadata([str(i) for i in range(5)], arch, 224, 256))
+        engines["ONNX Runtime fp32"] = Predictor(onnx, threads=torch.get_num_threads()).logits
+        reference, rows = None, []
+        for name, engine in engines.items():
+            speed, logits = _timed(engine, batch, args.rounds)
+            reference = logits if reference is None else reference
+            rows.append(
+                {
+                    "engine": name,
+                    "img/s": round(speed, 1),
+                    "vs eager": round(speed / rows[0]["img/s"], 2) if rows else 1.0,
+                    "max |logit - eager fp32|": float(np.abs(logits - reference).max()),
+                }
+            )
+    report(args.results, f"fixed-weights-{arch}", rows, {"batch": 32, "size": 224})
+
+
+if __name__ == "__main__":
+    main()
