@@ -1,7 +1,8 @@
-"""Passes with fixed weights (the features-once pass, validation, evaluate): images/s of one model in
-eval mode at batch 32, each engine in turn in one process, and how far its logits are from PyTorch
-eager fp32. Engines: eager (as validation and evaluate run), BatchNorm folded into the
-convolutions (torch.fx), TorchScript frozen, fp32 and bf16 autocast, and ONNX Runtime."""
+"""Passes with fixed weights (the features-once pass, validation, evaluate): images/s of one model
+in eval mode at batch 32 (224 px without --weights), each engine in turn in one process, and how
+far its logits are from PyTorch eager fp32. Engines: eager (as validation and evaluate ran),
+BatchNorm folded into the convolutions (torch.fx, `evaluation.for_inference`), TorchScript frozen,
+fp32 and bf16 autocast, and ONNX Runtime."""
 
 from __future__ import annotations
 
@@ -48,16 +49,17 @@ def main() -> None:
     parser.add_argument(
         "--weights", type=Path, help="a models/best.pt (default: mobilenet_v2, random weights)"
     )
+    parser.add_argument("--size", type=int, default=224, help="the input size without --weights")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     if args.weights:
         model, meta = load_trained(args.weights)
-        arch = meta["arch"]
+        arch, size = meta["arch"], meta["image_size"]
     else:
-        arch, model = "mobilenet_v2", build_model("mobilenet_v2", None, 5, seed=0)
+        arch, size, model = "mobilenet_v2", args.size, build_model("mobilenet_v2", None, 5, seed=0)
     model = model.eval().to(memory_format=torch.channels_last)
     rng = np.random.default_rng(0)
-    batch = rng.integers(0, 256, (32, 224, 224, 3), dtype=np.uint8)  # uint8 NHWC crops
+    batch = rng.integers(0, 256, (32, size, size, 3), dtype=np.uint8)  # uint8 NHWC crops
     folded = for_inference(model)  # what validation, evaluate and the features pass run now
     with torch.inference_mode():
         example = torch.from_numpy(to_model_input(batch[:2])).contiguous(memory_format=torch.channels_last)
@@ -71,7 +73,7 @@ def main() -> None:
     }
     with tempfile.TemporaryDirectory() as tmp:
         onnx = Path(tmp) / "model.onnx"
-        export_onnx(model, onnx, 224, onnx_metadata([str(i) for i in range(5)], arch, 224, 256))
+        export_onnx(model, onnx, size, onnx_metadata([str(i) for i in range(5)], arch, size, size))
         engines["ONNX Runtime fp32"] = Predictor(onnx, threads=torch.get_num_threads()).logits
         reference, rows = None, []
         for name, engine in engines.items():
@@ -85,7 +87,7 @@ def main() -> None:
                     "max |logit - eager fp32|": float(np.abs(logits - reference).max()),
                 }
             )
-    report(args.results, f"fixed-weights-{arch}", rows, {"batch": 32, "size": 224})
+    report(args.results, f"fixed-weights-{arch}", rows, {"batch": 32, "size": size})
 
 
 if __name__ == "__main__":

@@ -12,10 +12,22 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_photos
 
+from flowerpipe.models import build_model, save_trained
+
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_photos(tmp_path_factory.mktemp("photos"))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models/best.pt as train writes it (random weights, 32 px)."""
+    path = tmp_path_factory.mktemp("trained") / "best.pt"
+    save_trained(
+        build_model("resnet18", None, 3), path, arch="resnet18", classes=["a", "b", "c"], image_size=32
+    )
+    return path
 
 
 @pytest.mark.parametrize(
@@ -28,6 +40,8 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
         ("data.py", ["--images", "16"], ["data"]),
         ("inference.py", ["--size", "32"], ["inference"]),
+        ("fixed_weights.py", ["--size", "32", "--rounds", "1"], ["fixed-weights-mobilenet_v2"]),
+        ("evaluation_size.py", ["--models", "{trained}", "--sizes", "32", "40"], ["evaluation-size"]),
         (
             "quantize.py",
             ["--size", "32", "--calibration-images", "16"],
@@ -44,7 +58,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ],
 )
 def test_benchmark_writes_its_table(
-    script: str, options: list[str], tables: list[str], photos: Path, tmp_path: Path
+    script: str, options: list[str], tables: list[str], photos: Path, trained: Path, tmp_path: Path
 ) -> None:
     done = subprocess.run(
         [
@@ -56,7 +70,7 @@ def test_benchmark_writes_its_table(
             str(tmp_path / "work"),
             "--results",
             str(tmp_path / "results"),
-            *options,
+            *(option.format(trained=trained) for option in options),
         ],
         cwd=REPO,
         capture_output=True,
