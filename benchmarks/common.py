@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
 
 from flowerpipe.dataset import Prepared, load_prepared, prepare  # noqa: E402
+from flowerpipe.models import build_model, load_trained  # noqa: E402
 
 
 def arguments(description: str) -> argparse.ArgumentParser:
@@ -40,6 +41,21 @@ def arguments(description: str) -> argparse.ArgumentParser:
         "--results", type=Path, default=ROOT / "benchmarks" / "results", help="where NAME.json is written"
     )
     return parser
+
+
+def model_arguments(parser: argparse.ArgumentParser, arch: str) -> None:
+    """--weights (a trained model to measure) and --size (the input side of `arch`, random weights,
+    without one)."""
+    parser.add_argument("--weights", type=Path, help=f"a models/best.pt (default: {arch}, random weights)")
+    parser.add_argument("--size", type=int, default=224, help="the input size without --weights")
+
+
+def model_of(args: argparse.Namespace, arch: str) -> tuple[torch.nn.Module, str, int]:
+    """The model `model_arguments` asked for, in eval mode, with its arch and input side."""
+    if args.weights:
+        model, meta = load_trained(args.weights)
+        return model, meta["arch"], meta["image_size"]
+    return build_model(arch, None, 5, seed=0).eval(), arch, args.size
 
 
 # Runs a command and prints the largest resident memory of any process it started, in KiB.

@@ -13,11 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from common import arguments, report
+from common import arguments, model_arguments, model_of, report
 
 from flowerpipe.evaluation import for_inference
 from flowerpipe.export import export_onnx, onnx_metadata
-from flowerpipe.models import build_model, load_trained
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import to_model_input
 
@@ -46,18 +45,11 @@ def _torch_engine(model: torch.nn.Module, bf16: bool) -> Callable[[np.ndarray], 
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", type=Path, help="a models/best.pt (default: mobilenet_v2, random weights)"
-    )
-    parser.add_argument("--size", type=int, default=224, help="the input size without --weights")
+    model_arguments(parser, "mobilenet_v2")
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if args.weights:
-        model, meta = load_trained(args.weights)
-        arch, size = meta["arch"], meta["image_size"]
-    else:
-        arch, size, model = "mobilenet_v2", args.size, build_model("mobilenet_v2", None, 5, seed=0)
-    model = model.eval().to(memory_format=torch.channels_last)
+    model, arch, size = model_of(args, "mobilenet_v2")
+    model = model.to(memory_format=torch.channels_last)
     rng = np.random.default_rng(0)
     batch = rng.integers(0, 256, (32, size, size, 3), dtype=np.uint8)  # uint8 NHWC crops
     folded = for_inference(model)  # what validation, evaluate and the features pass run now
@@ -65,7 +57,7 @@ def main() -> None:
         example = torch.from_numpy(to_model_input(batch[:2])).contiguous(memory_format=torch.channels_last)
         scripted = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, example)))
     engines = {
-        "eager (as validation and evaluate run)": _torch_engine(model, bf16=False),
+        "eager (as validation and evaluate ran before)": _torch_engine(model, bf16=False),
         "BatchNorm folded (torch.fx)": _torch_engine(folded, bf16=False),
         "TorchScript frozen, optimize_for_inference": _torch_engine(scripted, bf16=False),
         "eager, bf16 autocast": _torch_engine(model, bf16=True),

@@ -7,35 +7,25 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-from common import arguments, prepared, report
+from common import arguments, model_arguments, model_of, prepared, report
 
 from flowerpipe.export import export_onnx, onnx_metadata
 from flowerpipe.latency import measure_latency
-from flowerpipe.models import build_model, load_trained
 from flowerpipe.preprocess import center_crop, resize_size
 from flowerpipe.quantize import calibration_indices, quantize_int8
 
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", type=Path, help="a models/best.pt to time (default: resnet18, random weights)"
-    )
-    parser.add_argument("--size", type=int, default=224)
+    model_arguments(parser, "resnet18")
     args = parser.parse_args()
-    if args.weights:
-        model, meta = load_trained(args.weights)
-        size = meta["image_size"]
-    else:
-        model, size = build_model("resnet18", None, 5, seed=0).eval(), args.size
+    model, arch, size = model_of(args, "resnet18")
     data = prepared(args.photos, args.work, resize_size(size, 0.875))
     calibration = center_crop(np.asarray(data.images[calibration_indices(data.indices("train"), 256)]), size)
     crops = center_crop(np.asarray(data.images[data.indices("test")[:32]]), size)
     with tempfile.TemporaryDirectory() as tmp:
         fp32, int8 = Path(tmp) / "model.onnx", Path(tmp) / "model.int8.onnx"
-        export_onnx(
-            model, fp32, size, onnx_metadata(data.classes, "resnet18", size, resize_size(size, 0.875))
-        )
+        export_onnx(model, fp32, size, onnx_metadata(data.classes, arch, size, resize_size(size, 0.875)))
         quantize_int8(fp32, int8, calibration)
         latency = measure_latency(model, {"fp32": fp32, "int8": int8}, crops)
     eager = latency["pytorch_eager"]

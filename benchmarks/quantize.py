@@ -13,14 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from common import arguments, prepared, report
+from common import arguments, model_arguments, model_of, prepared, report
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from flowerpipe.cache import Rows
 from flowerpipe.export import export_onnx, onnx_metadata
 from flowerpipe.gate import Paired
 from flowerpipe.latency import measure_latency
-from flowerpipe.models import build_model, load_trained
 from flowerpipe.predict import Predictor
 from flowerpipe.preprocess import resize_size
 from flowerpipe.quantize import (
@@ -62,18 +61,10 @@ def symmetric_activations(fp32: Path, out: Path, calibration: Rows, folder: Path
 
 def main() -> None:
     parser = arguments(__doc__.splitlines()[0])
-    parser.add_argument(
-        "--weights", type=Path, help="a models/best.pt to quantize (default: resnet18, random weights)"
-    )
-    parser.add_argument("--size", type=int, default=224, help="the input size without --weights")
+    model_arguments(parser, "resnet18")
     parser.add_argument("--calibration-images", type=int, default=256)
     args = parser.parse_args()
-    if args.weights:
-        model, meta = load_trained(args.weights)
-        arch, size = meta["arch"], meta["image_size"]
-    else:
-        arch, size = "resnet18", args.size
-        model = build_model(arch, None, 5, seed=0).eval()
+    model, arch, size = model_of(args, "resnet18")
     resize = resize_size(size, 0.875)
     data = prepared(args.photos, args.work, resize)
     train, val, test = (data.indices(split) for split in ("train", "val", "test"))

@@ -14,6 +14,7 @@ import yaml
 from conftest import REPO
 
 from flowerpipe.config import Config, config_from_dict
+from flowerpipe.models import build_model, freeze
 
 PRESETS = sorted((REPO / "presets").glob("*.sh"))
 
@@ -44,8 +45,12 @@ def apply_set_params(argv: list[str]) -> Config:
     return config_from_dict(params)
 
 
-def test_there_are_two_presets() -> None:
-    assert [p.stem for p in PRESETS] == ["resnet152-reference", "resnet18-reference"]
+REFERENCES = [p for p in PRESETS if p.stem.endswith("-reference")]
+
+
+def test_there_are_the_reference_recipes_and_the_cpu_fast_path() -> None:
+    stems = [p.stem for p in PRESETS]
+    assert stems == ["mobilenet_v2-cpu-fast", "resnet152-reference", "resnet18-reference"]
 
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.stem)
@@ -56,6 +61,11 @@ def test_preset_is_a_named_experiment_with_valid_params(preset: Path, tmp_path: 
     cfg = apply_set_params(argv)
     assert cfg.train.epochs == 5
     assert cfg.model.weights == "DEFAULT"
+
+
+@pytest.mark.parametrize("preset", REFERENCES, ids=lambda p: p.stem)
+def test_reference_recipe_takes_no_fine_tuning_default(preset: Path, tmp_path: Path) -> None:
+    cfg = apply_set_params(preset_argv(preset, tmp_path))
     # params.yaml's fine-tuning defaults do not leak into the reference recipes
     fine_tuning = ("backbone_lr_factor", "head_epochs", "ema_decay", "mixup", "cutmix", "image_scale")
     assert [getattr(cfg.train, k) for k in fine_tuning] == [1.0, 0, 0.0, 0.0, 0.0, 1.0]
@@ -76,3 +86,20 @@ def test_resnet152_reference_recipe(tmp_path: Path) -> None:
     assert (cfg.train.optimizer, cfg.train.scheduler) == ("adam", "warmup_cosine")
     assert cfg.train.warmup_epochs >= 1
     assert "RandomErasing" in [next(iter(step)) for step in cfg.train.augment]
+
+
+def test_cpu_fast_path_recipe(tmp_path: Path) -> None:
+    """The measured recipe: the first seven blocks frozen (real modules of MobileNetV2), 176 px
+    training crops for evaluation at 224, 6 epochs of which the first trains the head, in fp32."""
+    cfg = apply_set_params(preset_argv(REPO / "presets/mobilenet_v2-cpu-fast.sh", tmp_path))
+    assert (cfg.model.arch, cfg.data.image_size, cfg.train.train_size(cfg.data.image_size)) == (
+        "mobilenet_v2",
+        224,
+        176,
+    )
+    assert cfg.train.freeze == [f"features.{i}" for i in range(7)]
+    assert (cfg.train.epochs, cfg.train.head_epochs, cfg.train.precision) == (6, 1, "fp32")
+    model = build_model("mobilenet_v2", None, 5)
+    assert freeze(model, cfg.train.freeze) == cfg.train.freeze
+    assert not any(p.requires_grad for p in model.features[:7].parameters())
+    assert all(p.requires_grad for p in model.features[7:].parameters())
