@@ -20,7 +20,7 @@ def for_inference(model: nn.Module) -> nn.Module:
     model.eval()
     try:
         model = fuse(model)  # a copy: the caller's model keeps its BatchNorm layers
-    except (TraceError, TypeError) as exc:
+    except (TraceError, TypeError, RuntimeError) as exc:  # what torch.fx raises on what it cannot trace
         log.debug("BatchNorm not folded: torch.fx cannot trace the model (%s)", exc)
     return model.to(memory_format=torch.channels_last)
 

@@ -70,7 +70,7 @@ def test_benchmark_writes_its_table(
             str(tmp_path / "work"),
             "--results",
             str(tmp_path / "results"),
-            *(option.format(trained=trained) for option in options),
+            *(option.replace("{trained}", str(trained)) for option in options),
         ],
         cwd=REPO,
         capture_output=True,
