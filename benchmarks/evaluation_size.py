@@ -5,15 +5,19 @@ each against the model's own size without TTA as a paired difference with its st
 
     uv run python benchmarks/evaluation_size.py --models run1/best.pt run2/best.pt --sizes 256 288 320
 
-Every size is prepared from the same photos with the same split (checked)."""
+Each model is scored on its own split: the photos of val and test in the folder prepared at the
+model's own size, found by path in every other size's folder (near-duplicate grouping, computed on
+the resized photos, can move a photo or two to another split at another size)."""
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 from common import arguments, prepared, report
 
+from flowerpipe.dataset import Prepared
 from flowerpipe.devices import resolve_device
 from flowerpipe.evaluation import predict_logits
 from flowerpipe.gate import Paired
@@ -28,27 +32,26 @@ def main() -> None:
     parser.add_argument("--crop-ratio", type=float, default=0.875)
     args = parser.parse_args()
     device = resolve_device("auto")
-    data = {size: prepared(args.photos, args.work, resize_size(size, args.crop_ratio)) for size in args.sizes}
-    splits = {size: [(r["relpath"], r["split"]) for r in d.rows] for size, d in data.items()}
-    if len({tuple(s) for s in splits.values()}) > 1:
-        raise SystemExit("the sizes' prepared folders hold different splits: remove --work and run again")
+
+    @functools.cache
+    def data(size: int) -> Prepared:
+        return prepared(args.photos, args.work, resize_size(size, args.crop_ratio))
+
     rows = []
     for path in args.models:
         model, meta = load_trained(path)
-        own = meta["image_size"]
+        own = data(meta["image_size"])
         for split in ("val", "test"):
+            idx = own.indices(split)
+            labels, photos = own.labels[idx], [own.rows[i]["relpath"] for i in idx]
             answers = {}
-            for size, d in data.items():
-                images = d.images[d.indices(split)]
+            for size in args.sizes:
+                images = data(size).images[same_photos(data(size), photos)]
                 logits = predict_logits(model, images, size, 64, device)
                 mirrored = predict_logits(model, np.ascontiguousarray(images[:, :, ::-1]), size, 64, device)
-                answers[(size, False)], answers[(size, True)] = (
-                    logits.argmax(1),
-                    (logits + mirrored).argmax(1),
-                )
-            first = data[args.sizes[0]]
-            labels = first.labels[first.indices(split)]
-            base = answers.get((own, False))
+                answers[(size, False)] = logits.argmax(1)
+                answers[(size, True)] = (logits + mirrored).argmax(1)
+            base = answers.get((meta["image_size"], False))
             for (size, tta), predicted in answers.items():
                 row = {"model": str(path), "split": split, "eval size": size, "flip TTA": tta}
                 row["accuracy"] = float((predicted == labels).mean())
@@ -58,6 +61,15 @@ def main() -> None:
                     row["gain (points)"] = f"{-paired.drop_points:+.2f} ± {paired.error_points:.2f}"
                 rows.append(row)
     report(args.results, "evaluation-size", rows, {"crop_ratio": args.crop_ratio})
+
+
+def same_photos(data: Prepared, relpaths: list[str]) -> np.ndarray:
+    """The indices in `data` of the photos at `relpaths`, in that order."""
+    position = {row["relpath"]: i for i, row in enumerate(data.rows)}
+    missing = [p for p in relpaths if p not in position]
+    if missing:
+        raise SystemExit(f"{missing[0]}: not prepared at every size ({len(missing)} photos are not)")
+    return np.array([position[p] for p in relpaths])
 
 
 if __name__ == "__main__":

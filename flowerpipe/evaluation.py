@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -23,6 +25,34 @@ def for_inference(model: nn.Module) -> nn.Module:
     except (TraceError, TypeError, RuntimeError) as exc:  # what torch.fx raises on what it cannot trace
         log.debug("BatchNorm not folded: torch.fx cannot trace the model (%s)", exc)
     return model.to(memory_format=torch.channels_last)
+
+
+def folded_where_fixed(model: nn.Module, fixed: list[str]) -> nn.Module:
+    """What a training step runs while the modules named in `fixed` do not learn (frozen, in eval
+    mode): a view of `model` in which each of them is a `for_inference` copy, its BatchNorm folded.
+    Every other module, parameter and buffer is the model's own, so what the steps learn lands in
+    `model`, whose state_dict keeps its keys."""
+    view, done = _shallow(model), []
+    for name in sorted(fixed):  # a module before those inside it, which it already covers
+        if any(name.startswith(f"{d}.") for d in done):
+            continue
+        *path, last = name.split(".")
+        parent = view
+        for part in path:
+            child = _shallow(parent.get_submodule(part))
+            parent.__dict__["_modules"][part] = child
+            parent = child
+        parent.__dict__["_modules"][last] = for_inference(model.get_submodule(name))
+        done.append(name)
+    return view
+
+
+def _shallow(module: nn.Module) -> nn.Module:
+    """A copy of `module` that shares its parameters, buffers and children, with a list of children
+    of its own to change."""
+    clone = copy.copy(module)
+    clone.__dict__["_modules"] = dict(module.__dict__["_modules"])
+    return clone
 
 
 @torch.inference_mode()

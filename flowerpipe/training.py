@@ -43,7 +43,7 @@ from .console import log, progress
 from .devices import autocast_dtype
 from .distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from .errors import ConfigError, FlowerpipeError, TrainingError
-from .evaluation import for_inference, predict_logits
+from .evaluation import folded_where_fixed, for_inference, predict_logits
 from .models import (
     backbone_modules,
     freeze,
@@ -240,7 +240,7 @@ def fit(
         range(len(train_idx)), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True
     )
     batches = Batches(sampler.num_samples, cfg.batch_size // world)
-    net, backbone_on = feed.net, None
+    net, backbone_on = None, None
 
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
         start = time.perf_counter()
@@ -248,15 +248,13 @@ def fit(
         lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
         if backbone_on != (epoch > cfg.head_epochs):
             backbone_on = epoch > cfg.head_epochs
-            eval_modules = run.learn_backbone(backbone_on)
-            if world > 1:  # gradients are averaged over the processes in backward
-                net = DistributedDataParallel(
-                    feed.net, device_ids=[device] if device.type == "cuda" else None
-                )
+            eval_modules, net = run.learn_backbone(backbone_on), None
+        feed.train_mode(eval_modules)
+        if net is None:  # made once the modules' modes are set
+            net = _step_net(run, feed, eval_modules, world)
         sampler.set_epoch(epoch)
         order = torch.tensor(list(sampler), device=device)
         torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
-        feed.train_mode(eval_modules)
         train_loss, train_acc, seen = _train_epoch(run, feed, net, train_y, order, batches, first_step)
         if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
             same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
@@ -317,6 +315,16 @@ class Feed:
     inputs: Callable[[Positions], Iterator[torch.Tensor]]
     train_mode: Callable[[list[str]], object]
     val_logits: Callable[[nn.Module], torch.Tensor]
+
+
+def _step_net(run: Run, feed: Feed, fixed: list[str], world: int) -> nn.Module:
+    """What the training steps run: the model with the modules it holds fixed folded (BatchNorm
+    into the convolutions: faster, see `folded_where_fixed`), or the head on cached features;
+    under torchrun wrapped so that backward averages the gradients over the processes."""
+    net = folded_where_fixed(feed.net, fixed) if feed.net is run.model else feed.net
+    if world > 1:
+        net = DistributedDataParallel(net, device_ids=[run.device] if run.device.type == "cuda" else None)
+    return net
 
 
 def _image_feed(

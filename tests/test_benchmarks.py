@@ -43,6 +43,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("fixed_weights.py", ["--size", "32", "--rounds", "1"], ["fixed-weights-mobilenet_v2"]),
         ("evaluation_size.py", ["--models", "{trained}", "--sizes", "32", "40"], ["evaluation-size"]),
         (
+            "compile_train.py",
+            [*("--size", "32", "--steps", "1", "--warmup", "1", "--rounds", "1", "--freeze", "features.0")],
+            ["compile-train-mobilenet_v2"],
+        ),
+        (
             "quantize.py",
             ["--size", "32", "--calibration-images", "16"],
             ["quantize-resnet18"],

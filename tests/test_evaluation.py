@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowerpipe.evaluation import for_inference, predict_logits
+from flowerpipe.evaluation import folded_where_fixed, for_inference, predict_logits
 from flowerpipe.metrics import (
     classification_metrics,
     confusion_matrix,
@@ -177,3 +177,34 @@ class _DataDependent(nn.Module):
 def test_a_model_torch_fx_cannot_trace_is_used_as_it_is() -> None:
     model = _DataDependent()
     assert for_inference(model) is model and not model.training
+
+
+def _two_stages() -> nn.Sequential:
+    """A fixed first stage (conv + BatchNorm, held in eval mode, as a frozen block is) before a
+    second that learns, BatchNorm in train mode."""
+    torch.manual_seed(0)
+    net = nn.Sequential(_conv_bn(), nn.Unflatten(1, (2, 1, 1)), nn.Conv2d(2, 4, 1), nn.BatchNorm2d(4))
+    net.train()[0].eval().requires_grad_(False)
+    return net
+
+
+def test_fixed_modules_run_folded_while_the_rest_learns_in_the_model_itself() -> None:
+    model, x = _two_stages(), torch.randn(6, 3, 8, 8)
+    keys, expected = list(model.state_dict()), model(x)
+    grads = torch.autograd.grad(expected.square().sum(), [model[2].weight])
+    view = folded_where_fixed(model, ["0"])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in view[0].modules())
+    assert isinstance(model[0][1], nn.BatchNorm2d) and list(model.state_dict()) == keys
+    assert view[2] is model[2] and view[3] is model[3]  # what learns is the model's own
+    out = view(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    out.square().sum().backward()
+    torch.testing.assert_close(model[2].weight.grad, grads[0], rtol=1e-4, atol=1e-5)
+    assert all(p.grad is None for p in view[0].parameters())  # no backward through the fixed stage
+
+
+def test_a_fixed_module_inside_another_is_covered_by_it() -> None:
+    model = _two_stages()
+    view = folded_where_fixed(model, ["0.1", "0", "0.0"])
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in view[0].modules())
+    assert view[3] is model[3]

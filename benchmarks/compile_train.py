@@ -1,0 +1,105 @@
+"""torch.compile for training on the CPU: the training step flowerpipe runs (channels_last, label
+smoothing, SGD with momentum, some blocks frozen as a preset freezes them), eager with the frozen
+blocks as they are, eager with their BatchNorm folded (what flowerpipe runs) and `torch.compile`,
+in one process, rounds alternating. Prints images/s after warm-up, the seconds the first steps
+took (compiling), whether two compiled runs from the same start give identical losses
+(deterministic), and how far each mode's losses are from eager's.
+
+    uv run python benchmarks/compile_train.py --weights models/best.pt --size 176 \
+        --freeze features.0 features.1 features.2 features.3 features.4 features.5 features.6"""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import torch
+from common import arguments, model_arguments, model_of, report
+from torch import nn
+
+from flowerpipe.evaluation import folded_where_fixed
+from flowerpipe.models import num_outputs
+
+FOLDED = "eager, frozen blocks folded (flowerpipe)"
+
+
+def steps(model: nn.Module, net: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
+    """Train `net` (the model, or its compiled form) on `batches`; returns each step's loss."""
+    torch.manual_seed(0)  # dropout's draws
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.003, momentum=0.9)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=0.1)
+    losses = []
+    for x, y in batches:
+        loss = loss_fn(net(x), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+def main() -> None:
+    parser = arguments(__doc__.split("\n\n")[0])
+    model_arguments(parser, "mobilenet_v2")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the rounds")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--freeze", nargs="*", default=[], help="modules that do not learn")
+    args = parser.parse_args()
+    start, arch, size = model_of(args, "mobilenet_v2")
+    start.train().to(memory_format=torch.channels_last)
+    for name in args.freeze:
+        start.get_submodule(name).requires_grad_(False).eval()
+    generator = torch.Generator().manual_seed(0)
+    classes = num_outputs(start)
+    shape = (args.batch, 3, size, size)
+    batches = [
+        (
+            torch.randn(shape, generator=generator).contiguous(memory_format=torch.channels_last),
+            torch.randint(0, classes, (args.batch,), generator=generator),
+        )
+        for _ in range(args.warmup + args.steps)
+    ]
+
+    def fresh(mode: str) -> tuple[nn.Module, nn.Module]:
+        model = copy.deepcopy(start)
+        if mode == "compiled":
+            return model, torch.compile(model)
+        return model, folded_where_fixed(model, args.freeze) if mode == FOLDED else model
+
+    nets = {mode: fresh(mode) for mode in ("eager", FOLDED, "compiled")}
+    t0 = time.perf_counter()
+    first = {mode: steps(*nets[mode], batches) for mode in ("compiled", "eager", FOLDED)}
+    first_seconds = time.perf_counter() - t0
+    again = steps(*fresh("compiled"), batches)
+    timed = {mode: [] for mode in nets}
+    for _ in range(args.rounds):
+        for mode, pair in nets.items():
+            t0 = time.perf_counter()
+            steps(*pair, batches[args.warmup :])
+            timed[mode].append(args.batch * args.steps / (time.perf_counter() - t0))
+    eager = max(timed["eager"])
+    rows = [
+        {"mode": mode, "img/s (best round)": max(r), "rounds": ", ".join(f"{v:.1f}" for v in r)}
+        | {"vs eager": max(r) / eager}
+        for mode, r in timed.items()
+    ]
+    extra = {
+        "arch": arch,
+        "size": size,
+        "batch": args.batch,
+        "frozen": args.freeze,
+        "first_steps_seconds_all_modes": first_seconds,
+        "compiled_deterministic": first["compiled"] == again,
+        "max_loss_difference_vs_eager": {  # compiled code draws dropout's masks its own way
+            mode: max(abs(a - b) for a, b in zip(first[mode], first["eager"], strict=True))
+            for mode in (FOLDED, "compiled")
+        },
+    }
+    report(args.results, f"compile-train-{arch}", rows, extra)
+    print({k: v for k, v in extra.items() if k != "frozen"})
+
+
+if __name__ == "__main__":
+    main()
