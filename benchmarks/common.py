@@ -22,8 +22,9 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
 
-from flowerpipe.dataset import Prepared, load_prepared, prepare  # noqa: E402
-from flowerpipe.models import build_model, load_trained  # noqa: E402
+from flowerpipe.data.prepared import Prepared, load_prepared  # noqa: E402
+from flowerpipe.model.build import build_model, load_trained  # noqa: E402
+from flowerpipe.prepare.scan import prepare  # noqa: E402
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

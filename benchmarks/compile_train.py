@@ -17,8 +17,8 @@ import torch
 from common import arguments, model_arguments, model_of, report
 from torch import nn
 
-from flowerpipe.evaluation import folded_where_fixed
-from flowerpipe.models import num_outputs
+from flowerpipe.model.build import num_outputs
+from flowerpipe.model.inference import folded_where_fixed
 
 FOLDED = "eager, frozen blocks folded (flowerpipe)"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 from common import arguments, prepared, report
 
-from flowerpipe.dataset import Prepared
-from flowerpipe.devices import resolve_device
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.gate import Paired
-from flowerpipe.models import load_trained
-from flowerpipe.preprocess import resize_size
+from flowerpipe.data.prepared import Prepared
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.export.gate import Paired
+from flowerpipe.model.build import load_trained
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.inference import predict_logits
 
 
 def main() -> None:

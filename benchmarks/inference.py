@@ -1,5 +1,5 @@
 """Inference: PyTorch eager against ONNX Runtime fp32 and int8 at batch 1 and 32, measured by the
-export stage's own code (`flowerpipe.latency`), on real photos."""
+export stage's own code (`flowerpipe.export.latency`), on real photos."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from common import arguments, model_arguments, model_of, prepared, report
 
-from flowerpipe.export import export_onnx, onnx_metadata
-from flowerpipe.latency import measure_latency
-from flowerpipe.preprocess import center_crop, resize_size
-from flowerpipe.quantize import calibration_indices, quantize_int8
+from flowerpipe.deploy.preprocess import center_crop, resize_size
+from flowerpipe.export.latency import measure_latency
+from flowerpipe.export.onnx import export_onnx, onnx_metadata
+from flowerpipe.export.quantize import calibration_indices, quantize_int8
 
 
 def main() -> None:

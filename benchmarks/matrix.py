@@ -42,19 +42,19 @@ import yaml
 from common import ROOT, arguments, prepared, report
 from PIL import Image
 
-from flowerpipe.architectures import BF16_SIDES, SMALLEST_SIDE, input_side
-from flowerpipe.cache import Rows
 from flowerpipe.config import config_from_dict
-from flowerpipe.console import log
-from flowerpipe.errors import ConfigError, QuantizationError
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.export import check_parity, export_onnx, onnx_metadata
-from flowerpipe.gate import gate_int8
-from flowerpipe.metrics import classification_metrics
-from flowerpipe.models import build_model, load_trained, save_trained
-from flowerpipe.preprocess import resize_size
-from flowerpipe.quantize import calibration_indices, search_indices, search_int8
-from flowerpipe.training import fit
+from flowerpipe.core.console import log
+from flowerpipe.core.errors import ConfigError, QuantizationError
+from flowerpipe.data.cache import Rows
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.export.gate import gate_int8
+from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
+from flowerpipe.export.quantize import calibration_indices, search_indices, search_int8
+from flowerpipe.model.architectures import BF16_SIDES, SMALLEST_SIDE, input_side
+from flowerpipe.model.build import build_model, load_trained, save_trained
+from flowerpipe.model.inference import predict_logits
+from flowerpipe.report.metrics import classification_metrics
+from flowerpipe.training.loop import fit
 
 CLASSES = ("amber", "azure", "jade")
 PER_CLASS = 10

@@ -9,10 +9,10 @@ import torch
 from common import arguments, prepared
 
 from flowerpipe.config import TrainConfig
-from flowerpipe.devices import resolve_device
-from flowerpipe.models import build_model
-from flowerpipe.preprocess import resize_size
-from flowerpipe.training import fit
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.build import build_model
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.training.loop import fit
 
 
 def main() -> None:

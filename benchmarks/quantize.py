@@ -16,13 +16,13 @@ import onnx
 from common import arguments, model_arguments, model_of, prepared, report
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-from flowerpipe.cache import Rows
-from flowerpipe.export import export_onnx, onnx_metadata
-from flowerpipe.gate import Paired
-from flowerpipe.latency import measure_latency
-from flowerpipe.predict import Predictor
-from flowerpipe.preprocess import resize_size
-from flowerpipe.quantize import (
+from flowerpipe.data.cache import Rows
+from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.export.gate import Paired
+from flowerpipe.export.latency import measure_latency
+from flowerpipe.export.onnx import export_onnx, onnx_metadata
+from flowerpipe.export.quantize import (
     EXCLUDED_STEPS,
     METHODS,
     MORE_CALIBRATION,

@@ -22,12 +22,12 @@ import yaml
 from common import ROOT, arguments, load_prepared, prepared, report
 
 from flowerpipe.config import config_from_dict
-from flowerpipe.console import setup_logging
-from flowerpipe.devices import resolve_device
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.models import build_model
-from flowerpipe.preprocess import resize_size
-from flowerpipe.training import fit
+from flowerpipe.core.console import setup_logging
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.build import build_model
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.inference import predict_logits
+from flowerpipe.training.loop import fit
 
 REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for every layer
     "lr": 0.001,

@@ -18,11 +18,11 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from flowerpipe.config import TrainConfig
-from flowerpipe.devices import resolve_device
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.models import build_model
-from flowerpipe.preprocess import MEAN, STD, resize_size
-from flowerpipe.training import fit
+from flowerpipe.deploy.preprocess import MEAN, STD, resize_size
+from flowerpipe.model.build import build_model
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.inference import predict_logits
+from flowerpipe.training.loop import fit
 
 
 def baseline_images_per_second(

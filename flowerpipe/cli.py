@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from .predict import Predictor
+    from flowerpipe.deploy.predict import Predictor
 
     predictor = Predictor(args.model)
     failed = 0
@@ -56,7 +56,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from .serve import Limits, serve
+    from flowerpipe.deploy.serve import Limits, serve
 
     given = {name: getattr(args, name) for name in ("max_bytes", "max_pixels", "max_images")}
     serve(
@@ -69,7 +69,7 @@ def serve(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .console import run_main
+    from flowerpipe.core.console import run_main
 
     command = parser()
     args = command.parse_args(argv)

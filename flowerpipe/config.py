@@ -12,10 +12,10 @@ from typing import Any, Union
 
 import yaml
 
-from .architectures import check_architecture
-from .errors import ConfigError
-from .preprocess import resize_size
-from .transforms import check_augment
+from flowerpipe.core.errors import ConfigError
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.architectures import check_architecture
+from flowerpipe.model.transforms import check_augment
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")

@@ -1,14 +1,14 @@
 """evaluate: score the best model on the held-out test split (and on val, labelled)."""
 
-from flowerpipe.atomic import write_csv, write_json
-from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
-from flowerpipe.console import run_main
-from flowerpipe.dataset import load_prepared
-from flowerpipe.devices import resolve_device
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.metrics import classification_metrics, prediction_rows
-from flowerpipe.models import load_trained
+from flowerpipe.core.atomic import write_csv, write_json
+from flowerpipe.core.console import run_main
+from flowerpipe.data.cache import Rows
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.model.build import load_trained
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.inference import predict_logits
+from flowerpipe.report.metrics import classification_metrics, prediction_rows
 
 
 def main() -> None:

@@ -3,16 +3,16 @@
 import os
 import subprocess
 
-from flowerpipe.atomic import atomic_path, write_json
-from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
-from flowerpipe.console import run_main
-from flowerpipe.dataset import load_prepared
-from flowerpipe.export import check_parity, export_onnx, onnx_metadata
-from flowerpipe.latency import measure_latency
-from flowerpipe.models import load_trained
-from flowerpipe.preprocess import center_crop
-from flowerpipe.sources import file_digest
+from flowerpipe.core.atomic import atomic_path, write_json
+from flowerpipe.core.console import run_main
+from flowerpipe.core.files import file_digest
+from flowerpipe.data.cache import Rows
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy.preprocess import center_crop
+from flowerpipe.export.latency import measure_latency
+from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
+from flowerpipe.model.build import load_trained
 
 MODEL = "models/model.onnx"
 WEIGHTS = "models/best.pt"

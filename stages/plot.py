@@ -3,11 +3,11 @@ wrong test photos."""
 
 from pathlib import Path
 
-from flowerpipe.atomic import atomic_path
 from flowerpipe.config import load_config
-from flowerpipe.console import run_main
-from flowerpipe.dataset import load_prepared
-from flowerpipe.plots import (
+from flowerpipe.core.atomic import atomic_path
+from flowerpipe.core.console import run_main
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.report.plots import (
     confusion_figure,
     curves_figure,
     mistakes_figure,

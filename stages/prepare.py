@@ -2,11 +2,12 @@
 
 from pathlib import Path
 
-from flowerpipe import dataset, sources
-from flowerpipe.atomic import write_json
 from flowerpipe.config import load_config
-from flowerpipe.console import run_main
-from flowerpipe.preprocess import resize_size
+from flowerpipe.core.atomic import write_json
+from flowerpipe.core.console import run_main
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare import sources
 
 
 def main() -> None:

@@ -6,15 +6,15 @@ import sys
 
 import numpy as np
 
-from flowerpipe.atomic import atomic_path, write_json
-from flowerpipe.cache import Rows
 from flowerpipe.config import load_config
-from flowerpipe.console import log, run_main
-from flowerpipe.dataset import load_prepared
-from flowerpipe.gate import gate_int8
-from flowerpipe.latency import measure_latency
-from flowerpipe.models import load_trained
-from flowerpipe.quantize import calibration_indices, search_indices, search_int8
+from flowerpipe.core.atomic import atomic_path, write_json
+from flowerpipe.core.console import log, run_main
+from flowerpipe.data.cache import Rows
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.export.gate import gate_int8
+from flowerpipe.export.latency import measure_latency
+from flowerpipe.export.quantize import calibration_indices, search_indices, search_int8
+from flowerpipe.model.build import load_trained
 
 FP32 = "models/model.onnx"
 

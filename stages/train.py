@@ -10,15 +10,15 @@ from pathlib import Path
 
 from dvclive import Live
 
-from flowerpipe import training
-from flowerpipe.atomic import write_json
 from flowerpipe.config import load_config
-from flowerpipe.console import run_main
-from flowerpipe.dataset import load_prepared
-from flowerpipe.distributed import process_group
-from flowerpipe.models import build_model, save_trained, weights_identity
-from flowerpipe.preprocess import resize_size
-from flowerpipe.runrecord import run_record
+from flowerpipe.core.atomic import write_json
+from flowerpipe.core.console import run_main
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.build import build_model, save_trained, weights_identity
+from flowerpipe.training import loop as training
+from flowerpipe.training.distributed import process_group
+from flowerpipe.training.runrecord import run_record
 
 METRICS = Path("results/train/metrics.json")
 

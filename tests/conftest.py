@@ -98,6 +98,7 @@ class DvcRepo:
             shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
         self.run("git", "init", "-q")
         self.dvc("init", "-q")
+        shutil.copy(REPO / ".dvcignore", path / ".dvcignore")
         self.commit("pipeline")
 
     @classmethod
@@ -228,8 +229,8 @@ def noisy_squares(count: int, seed: int = 0) -> np.ndarray:
 def classifier() -> torch.nn.Module:
     """An untrained resnet18 for IMAGE_SIZE inputs that behaves like a trained one: BatchNorm has
     running statistics, and the head spreads `noisy_squares` over all the classes."""
-    from flowerpipe.models import build_model
-    from flowerpipe.preprocess import center_crop, to_model_input
+    from flowerpipe.deploy.preprocess import center_crop, to_model_input
+    from flowerpipe.model.build import build_model
 
     torch.manual_seed(0)
     net = build_model("resnet18", None, len(CLASSES))
@@ -252,7 +253,7 @@ def classifier() -> torch.nn.Module:
 @pytest.fixture(scope="session")
 def onnx_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`classifier` exported by flowerpipe, with its metadata."""
-    from flowerpipe import export
+    from flowerpipe.export import onnx as export
 
     path = tmp_path_factory.mktemp("export") / "model.onnx"
     metadata = export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})

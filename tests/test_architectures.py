@@ -1,5 +1,5 @@
 """Every family of torchvision classifiers through the real code paths at a small input, and the
-rules that refuse a model up front (flowerpipe.architectures). benchmarks/matrix.py runs all 80."""
+rules that refuse a model up front (flowerpipe.model.architectures). benchmarks/matrix.py runs all 80."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pytest
 import torch
 import torchvision.models as tvm
 
-from flowerpipe.architectures import BF16_SIDES, MIN_SIDES, input_side, parameters
 from flowerpipe.config import config_from_dict
-from flowerpipe.errors import ConfigError
-from flowerpipe.export import check_parity, export_onnx, onnx_metadata
-from flowerpipe.models import build_model, freeze, head_name
-from flowerpipe.training import fit
+from flowerpipe.core.errors import ConfigError
+from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
+from flowerpipe.model.architectures import BF16_SIDES, MIN_SIDES, input_side, parameters
+from flowerpipe.model.build import build_model, freeze, head_name
+from flowerpipe.training.loop import fit
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

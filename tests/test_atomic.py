@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from flowerpipe.atomic import atomic_dir, atomic_path
+from flowerpipe.core.atomic import atomic_dir, atomic_path
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,7 +48,7 @@ def test_what_a_killed_write_leaves_is_ignored_by_git_and_removed_by_the_next_wr
     target = tmp_path / ("model.onnx" if kind == "file" else "prepared")
     writer = "atomic_path" if kind == "file" else "atomic_dir"
     code = (
-        f"import os, signal\nfrom flowerpipe.atomic import {writer}\n"
+        f"import os, signal\nfrom flowerpipe.core.atomic import {writer}\n"
         f"with {writer}({str(target)!r}) as tmp:\n    print(tmp, flush=True)\n"
         "    os.kill(os.getpid(), signal.SIGKILL)\n"
     )

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, make_photos
 
-from flowerpipe.models import build_model, save_trained
+from flowerpipe.model.build import build_model, save_trained
 
 
 @pytest.fixture(scope="module")

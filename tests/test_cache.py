@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from flowerpipe.cache import ImageCache, Rows
-from flowerpipe.preprocess import center_crop
+from flowerpipe.data.cache import ImageCache, Rows
+from flowerpipe.deploy.preprocess import center_crop
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ import yaml
 from torchvision.transforms import v2
 
 from flowerpipe.config import FLOWER_PHOTOS_URL, Config, config_from_dict, load_config
-from flowerpipe.errors import ConfigError
-from flowerpipe.preprocess import resize_size
-from flowerpipe.transforms import augment_batch, build_augment
+from flowerpipe.core.errors import ConfigError
+from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.transforms import augment_batch, build_augment
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,9 +15,11 @@ import pytest
 from conftest import draw_photo, make_photos, unprivileged
 from PIL import Image
 
-from flowerpipe import dataset, preprocess
-from flowerpipe.cache import ImageCache
-from flowerpipe.errors import DataError
+from flowerpipe.core.errors import DataError
+from flowerpipe.data.cache import ImageCache
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy import preprocess
+from flowerpipe.prepare import scan as dataset
 
 RESIZE = 40
 IMAGE_SIZE = 32
@@ -126,7 +128,7 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
 def test_load_prepared_reads_back(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     prepare(photos, out)
-    data = dataset.load_prepared(out)
+    data = load_prepared(out)
     assert data.classes == ["daisy", "dandelion", "roses"]
     assert isinstance(data.images, ImageCache)
     assert len(data.labels) == len(data.rows) == len(data.images) == 72

@@ -20,9 +20,9 @@ import pytest
 import torch
 from conftest import REPO, SMALL, DvcRepo, make_photos
 
-from flowerpipe.atomic import atomic_path, write_csv, write_json
-from flowerpipe.errors import DiskFull
-from flowerpipe.sources import extract
+from flowerpipe.core.atomic import atomic_path, write_csv, write_json
+from flowerpipe.core.errors import DiskFull
+from flowerpipe.prepare.sources import extract
 
 MB = 10**6
 
@@ -116,7 +116,7 @@ def test_a_stage_whose_disk_fills_elsewhere_ends_in_one_line(small_disk: Path, t
     """A write outside flowerpipe's atomic outputs (a download's part file, a temporary folder)."""
     script = tmp_path / "fills.py"
     script.write_text(
-        "from flowerpipe.console import run_main\n"
+        "from flowerpipe.core.console import run_main\n"
         "def main():\n"
         f"    with open({str(small_disk / 'part')!r}, 'wb') as f:\n"
         "        f.write(b'x' * 8_000_000)\n"

@@ -9,7 +9,7 @@ from itertools import combinations
 import numpy as np
 from PIL import Image
 
-from flowerpipe.duplicates import dhash, duplicate_groups, near_pairs
+from flowerpipe.prepare.duplicates import dhash, duplicate_groups, near_pairs
 
 
 def smooth_photo(rng: np.random.Generator) -> Image.Image:

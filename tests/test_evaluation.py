@@ -9,13 +9,13 @@ import pytest
 import torch
 from torch import nn
 
-from flowerpipe.evaluation import folded_where_fixed, for_inference, predict_logits
-from flowerpipe.metrics import (
+from flowerpipe.deploy.predict import softmax
+from flowerpipe.model.inference import folded_where_fixed, for_inference, predict_logits
+from flowerpipe.report.metrics import (
     classification_metrics,
     confusion_matrix,
     expected_calibration_error,
     prediction_rows,
-    softmax,
 )
 
 CLASSES = ["a", "b", "c"]

@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 
-from flowerpipe import export
 from flowerpipe.config import ExportConfig
-from flowerpipe.errors import ParityError
-from flowerpipe.preprocess import MEAN, STD, center_crop, to_model_input
+from flowerpipe.core.errors import ParityError
+from flowerpipe.deploy.preprocess import MEAN, STD, center_crop, to_model_input
+from flowerpipe.export import onnx as export
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

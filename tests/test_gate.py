@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from flowerpipe.gate import Paired, Z, judge, refusal_rate, refuses
+from flowerpipe.export.gate import Paired, Z, judge, refusal_rate, refuses
 
 
 def test_paired_counts_what_each_model_got_right() -> None:

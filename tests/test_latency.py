@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from conftest import IMAGE_SIZE, noisy_squares
 
-from flowerpipe.latency import measure_latency, median_seconds
-from flowerpipe.preprocess import center_crop
+from flowerpipe.deploy.preprocess import center_crop
+from flowerpipe.export.latency import measure_latency, median_seconds
 
 
 def test_latency_of_every_engine(classifier: torch.nn.Module, onnx_model: Path) -> None:

@@ -12,8 +12,8 @@ import torchvision.models as tvm
 from conftest import hostile_torch_files
 from torch import nn
 
-from flowerpipe.errors import ConfigError, FlowerpipeError
-from flowerpipe.models import build_model, load_trained, replace_head, save_trained
+from flowerpipe.core.errors import ConfigError, FlowerpipeError
+from flowerpipe.model.build import build_model, load_trained, replace_head, save_trained
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -22,10 +22,11 @@ import torch
 import torchvision
 import yaml
 from conftest import CHROMIUM_FLAGS, REPO, SMALL, DvcRepo, make_photos
+from test_stage_deps import module_closure, script_of, stages
 
-from flowerpipe.gate import Paired, refusal_rate
-from flowerpipe.gate import Z as GATE_Z
-from flowerpipe.quantize import SEARCH_PHOTOS
+from flowerpipe.export.gate import Paired, refusal_rate
+from flowerpipe.export.gate import Z as GATE_Z
+from flowerpipe.export.quantize import SEARCH_PHOTOS
 
 STAGES = ("prepare", "train", "evaluate", "plot", "export", "quantize@int8")
 
@@ -332,10 +333,34 @@ def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
     assert meta["arch"] == "mobilenet_v3_small" and meta["dvc_experiment"] == mobile
 
 
+def test_a_comment_in_a_module_invalidates_only_the_stages_that_run_it(repo: DvcRepo) -> None:
+    """For every package module, after a full repro: `dvc status` lists exactly the stages whose
+    scripts import it (their import closures, as test_stage_deps derives them)."""
+    closures = {name: module_closure(REPO / script_of(stage)) for name, stage in stages().items()}
+    for module in sorted(p.relative_to(repo.path) for p in (repo.path / "flowerpipe").rglob("*.py")):
+        path = repo.path / module
+        text = path.read_text()
+        path.write_text(text + "# a comment\n")
+        status = json.loads(repo.dvc("status", "--json").stdout)
+        path.write_text(text)
+        expected = {name for name, closure in closures.items() if str(module) in closure}
+        listed = {name.split("@")[0] for name in status}
+        assert listed == expected, module
+
+
+def test_an_edit_in_prepare_only_code_trains_nothing(repo: DvcRepo) -> None:
+    """prepare runs again, writes the same prepared data, and every later stage is skipped."""
+    with open(repo.path / "flowerpipe/prepare/split.py", "a") as f:
+        f.write("# an edit that changes no split\n")
+    done = repo.dvc("repro")
+    assert stages_run(done.stdout) == ["prepare"]
+    assert "Stage 'train' didn't change, skipping" in done.stdout
+
+
 def test_finished_training_is_not_redone(repo: DvcRepo) -> None:
     """A change to a module train depends on re-runs the stage; the finished checkpoint answers."""
     before = torch.load(repo.path / "models/best.pt", weights_only=True)["state_dict"]
-    with open(repo.path / "flowerpipe/training.py", "a") as f:
+    with open(repo.path / "flowerpipe/training/loop.py", "a") as f:
         f.write("# an edit that changes no training\n")
     done = repo.dvc("repro", "train")
     assert stages_run(done.stdout) == ["train"]

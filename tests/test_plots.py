@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.metrics import prediction_rows
-from flowerpipe.plots import (
+from flowerpipe.report.metrics import prediction_rows
+from flowerpipe.report.plots import (
     confusion_figure,
     curves_figure,
     mistakes_figure,

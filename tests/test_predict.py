@@ -14,10 +14,12 @@ import pytest
 import torch
 from conftest import CLASSES, IMAGE_SIZE, REPO, RESIZE, make_photos, unprivileged
 
-from flowerpipe import dataset, predict
-from flowerpipe.errors import ModelError
-from flowerpipe.predict import Predictor
-from flowerpipe.preprocess import center_crop, to_model_input
+from flowerpipe.core.errors import ModelError
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy import predict
+from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.preprocess import center_crop, to_model_input
+from flowerpipe.prepare import scan as dataset
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +37,10 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_importing_predict_does_not_import_torch() -> None:
-    code = "import sys, flowerpipe.predict, flowerpipe.cli; print([m for m in sys.modules if 'torch' in m])"
+    code = (
+        "import sys, flowerpipe.deploy.predict, flowerpipe.deploy.serve, flowerpipe.cli;"
+        "print([m for m in sys.modules if 'torch' in m])"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert done.stdout.strip() == "[]"
 
@@ -43,7 +48,7 @@ def test_importing_predict_does_not_import_torch() -> None:
 def test_preprocessing_equals_the_prepared_cache(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
     """predict reads a photo exactly as evaluate sees it: the centre crop of the prepared square."""
     dataset.prepare(photos, tmp_path / "prepared", resize=RESIZE, val=0.3, test=0.3, seed=42, workers=1)
-    prepared = dataset.load_prepared(tmp_path / "prepared")
+    prepared = load_prepared(tmp_path / "prepared")
     crops = center_crop(np.asarray(prepared.images), IMAGE_SIZE)
     predictor = Predictor(onnx_model)  # its metadata says IMAGE_SIZE from RESIZE
     for row, crop in zip(prepared.rows, crops, strict=True):

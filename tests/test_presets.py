@@ -14,7 +14,7 @@ import yaml
 from conftest import REPO
 
 from flowerpipe.config import Config, config_from_dict
-from flowerpipe.models import build_model, freeze
+from flowerpipe.model.build import build_model, freeze
 
 PRESETS = sorted((REPO / "presets").glob("*.sh"))
 

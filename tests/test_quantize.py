@@ -18,12 +18,13 @@ from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 from onnx import numpy_helper
 from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
-from flowerpipe import export, quantize
-from flowerpipe.errors import QuantizationError
-from flowerpipe.gate import gate_int8
-from flowerpipe.predict import Predictor
-from flowerpipe.preprocess import center_crop
-from flowerpipe.quantize import (
+from flowerpipe.core.errors import QuantizationError
+from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.preprocess import center_crop
+from flowerpipe.export import onnx as export
+from flowerpipe.export import quantize
+from flowerpipe.export.gate import gate_int8
+from flowerpipe.export.quantize import (
     BATCH,
     METHODS,
     MORE_CALIBRATION,

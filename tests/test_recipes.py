@@ -16,12 +16,20 @@ from conftest import hostile_torch_files, without_timings
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-from flowerpipe import training
 from flowerpipe.config import TrainConfig
-from flowerpipe.devices import autocast_dtype
-from flowerpipe.errors import ConfigError, FlowerpipeError, TrainingError
-from flowerpipe.models import Head, build_model, freeze, head_name, load_trained, save_trained, train_mode
-from flowerpipe.schedule import lr_factor
+from flowerpipe.core.errors import ConfigError, FlowerpipeError, TrainingError
+from flowerpipe.model.build import (
+    Head,
+    build_model,
+    freeze,
+    head_name,
+    load_trained,
+    save_trained,
+    train_mode,
+)
+from flowerpipe.model.devices import autocast_dtype
+from flowerpipe.training import loop as training
+from flowerpipe.training.schedule import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

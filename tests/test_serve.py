@@ -26,8 +26,8 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.checks import positive_data_acceptance
 
-from flowerpipe.predict import Predictor
-from flowerpipe.serve import Limits, create_app
+from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.serve import Limits, create_app
 
 
 def jpeg(seed: int = 0, label: str = "roses") -> bytes:

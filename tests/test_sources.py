@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from conftest import draw_photo, make_photos
 
-from flowerpipe import sources
-from flowerpipe.errors import DataError
+from flowerpipe.core.errors import DataError
+from flowerpipe.prepare import sources
 
 WRAPPER = "flower_photos"
 CLASS_NAMES = ("daisy", "roses")

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from flowerpipe import dataset
-from flowerpipe.errors import DataError
-from flowerpipe.split import SPLITS, assign_splits, split_counts
+from flowerpipe.core.errors import DataError
+from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare.split import SPLITS, assign_splits, split_counts
 
 
 def fake_hashes(n: int, tag: str) -> list[str]:

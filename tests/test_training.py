@@ -11,13 +11,14 @@ import torch
 import torchvision.models as tvm
 from conftest import make_photos, without_timings
 
-from flowerpipe import dataset, training
 from flowerpipe.config import TrainConfig
-from flowerpipe.dataset import Prepared
-from flowerpipe.errors import ConfigError
-from flowerpipe.evaluation import predict_logits
-from flowerpipe.models import build_model
-from flowerpipe.transforms import CropFlip, augment_batch, build_augment, center_crop_batch, normalize
+from flowerpipe.core.errors import ConfigError
+from flowerpipe.data.prepared import Prepared, load_prepared
+from flowerpipe.model.build import build_model
+from flowerpipe.model.inference import predict_logits
+from flowerpipe.model.transforms import CropFlip, augment_batch, build_augment, center_crop_batch, normalize
+from flowerpipe.prepare import scan as dataset
+from flowerpipe.training import loop as training
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -31,7 +32,7 @@ def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     root = make_photos(tmp_path_factory.mktemp("photos"))
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     dataset.prepare(root, out, resize=RESIZE, val=0.2, test=0.2, seed=42, workers=2)
-    return dataset.load_prepared(out)
+    return load_prepared(out)
 
 
 def run_fit(data: Prepared, cfg: TrainConfig = CFG, model: torch.nn.Module | None = None, on_epoch=None):

@@ -1,0 +1,150 @@
+"""Classify photos with an exported ONNX model: onnxruntime, numpy and Pillow only, never torch.
+
+Everything the model needs besides its weights (class names, resize and crop sizes, mean and std)
+is read from the file's metadata, so the one `.onnx` file is the whole deployment:
+
+    >>> predictor = Predictor("models/model.onnx")
+    >>> predictor.predict(["rose.jpg"])[0]["label"]
+    'roses'
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+import onnxruntime as ort
+
+from flowerpipe.core.errors import ModelError
+from flowerpipe.core.files import QUIET, unreadable, walk_images
+from flowerpipe.deploy.preprocess import preprocess_file, to_model_input
+
+REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
+
+
+def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read: Any, kind: type) -> Any:
+    """The metadata value `key`, read with `read` and of type `kind`; a ModelError naming the file
+    and the key otherwise."""
+    try:
+        value = read(meta[key])
+    except ValueError:
+        value = None
+    if not isinstance(value, kind):
+        raise ModelError(
+            f"{path}: metadata {key} is not readable ({meta[key][:40]!r}); export it with flowerpipe"
+        )
+    return value
+
+
+class Predictor:
+    """An ONNX Runtime session plus the preprocessing its metadata describes."""
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        threads: int = 0,
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: one per physical core
+        try:
+            self.session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+        except Exception as exc:  # onnxruntime raises its own untyped errors
+            raise ModelError(f"{model_path}: cannot load as an ONNX model ({exc})") from exc
+        meta = self.session.get_modelmeta().custom_metadata_map
+        missing = [key for key in REQUIRED_METADATA if key not in meta]
+        if missing:
+            raise ModelError(f"{model_path}: metadata lacks {', '.join(missing)}; export it with flowerpipe")
+        self.metadata: dict[str, str] = dict(meta)
+        self.classes: list[str] = _metadata(model_path, meta, "classes", json.loads, list)
+        self.image_size: int = _metadata(model_path, meta, "image_size", int, int)
+        self.resize_size: int = _metadata(model_path, meta, "resize_size", int, int)
+        self.mean: list[float] = _metadata(model_path, meta, "mean", json.loads, list)
+        self.std: list[float] = _metadata(model_path, meta, "std", json.loads, list)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
+        """One image file -> the uint8 HWC crop the model sees (the evaluation preprocessing); an
+        image of more than `max_pixels` raises ImageTooLarge before it is decoded."""
+        return preprocess_file(source, self.image_size, self.resize_size, max_pixels)
+
+    def logits(self, crops: np.ndarray) -> np.ndarray:
+        """Logits for uint8 NHWC crops of `image_size`."""
+        return self.session.run(None, {self.input_name: to_model_input(crops, self.mean, self.std)})[0]
+
+    def predict(
+        self, sources: Sequence[str | os.PathLike[str] | BinaryIO], top_k: int = 3
+    ) -> list[dict[str, Any]]:
+        """Label, score and the `top_k` classes for each image; an unreadable image raises."""
+        return self.answer(np.stack([self.load(source) for source in sources]), top_k)
+
+    def answer(self, crops: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
+        """Label, score and the `top_k` classes for each of the uint8 NHWC crops, in one model call."""
+        return [self._answer(p, top_k) for p in softmax(self.logits(crops))]
+
+    def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:
+        order = np.argsort(-probs, kind="stable")[: max(top_k, 1)]
+        top = [{"label": self.classes[i], "score": round(float(probs[i]), 6)} for i in order]
+        return {"label": top[0]["label"], "score": top[0]["score"], "top_k": top[:top_k]}
+
+    def predict_paths(
+        self, paths: Iterable[str | os.PathLike[str]], top_k: int = 3, batch_size: int = 32
+    ) -> Iterator[dict[str, Any]]:
+        """One answer per image file, in order; folders are searched for images.
+
+        An image that cannot be read gets `{"path", "error"}` instead, and the others go on."""
+        batch: list[tuple[str, np.ndarray | str]] = []
+        for path, passed_over in image_files(paths):
+            batch.append((path, passed_over or self._read(path)))
+            if len(batch) == batch_size:
+                yield from self._answer_batch(batch, top_k)
+                batch = []
+        yield from self._answer_batch(batch, top_k)
+
+    def _read(self, path: str) -> np.ndarray | str:
+        """The model's crop of the image file at `path`, or why it cannot be read."""
+        try:
+            return self.load(path)
+        except IsADirectoryError:
+            return "a folder with no images"
+        except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
+            if not isinstance(exc, OSError) or exc.errno is None:  # Pillow's OSErrors have none
+                return f"cannot read as an image: {type(exc).__name__}: {exc}"
+            if isinstance(exc, FileNotFoundError) and not Path(path).is_symlink():
+                return "no such file"  # gone, or never there
+            return unreadable(Path(path), exc)  # a broken link, a link loop, permission denied
+
+    def _answer_batch(
+        self, batch: list[tuple[str, np.ndarray | str]], top_k: int
+    ) -> Iterator[dict[str, Any]]:
+        good = [crop for _, crop in batch if isinstance(crop, np.ndarray)]
+        probs = iter(softmax(self.logits(np.stack(good)))) if good else iter(())
+        for path, crop in batch:
+            if isinstance(crop, str):
+                yield {"path": path, "error": crop}
+            else:
+                yield {"path": path, **self._answer(next(probs), top_k)}
+
+
+def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, str | None]]:
+    """Each path as given, and None; a folder becomes its image files (as prepare finds them) and
+    what cannot be read in it (folders that cannot be listed, links to folders), each with the reason,
+    in path order; or itself when it holds neither, so that it is answered with an error."""
+    for path in map(Path, paths):
+        if not path.is_dir():
+            yield str(path), None
+            continue
+        files, skipped = walk_images(path, path)
+        found = [(str(path / f), None) for f in files]
+        found += [(str(path / s.path.rstrip("/")), s.reason) for s in skipped if s.reason not in QUIET]
+        yield from sorted(found) if found else [(str(path), None)]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

@@ -1,0 +1,150 @@
+"""Export a trained model to one self-describing ONNX file and verify it against PyTorch."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from flowerpipe.core.errors import ParityError
+from flowerpipe.data.cache import Rows
+from flowerpipe.deploy.preprocess import MEAN, STD, to_model_input
+from flowerpipe.deploy.preprocess import center_crop as crop_nhwc
+
+INPUT_NAME = "input"
+OUTPUT_NAME = "logits"
+
+
+def onnx_metadata(
+    classes: list[str],
+    arch: str,
+    image_size: int,
+    resize_size: int,
+    provenance: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
+    `provenance` (where the model came from: commit, experiment, weights hash)."""
+    return {
+        "classes": json.dumps(classes),
+        "arch": arch,
+        "image_size": str(image_size),
+        "resize_size": str(resize_size),
+        "interpolation": "bilinear",
+        "mean": json.dumps(list(MEAN)),
+        "std": json.dumps(list(STD)),
+        "layout": "NCHW float32 RGB",
+        "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
+        "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
+        **(provenance or {}),
+    }
+
+
+def export_onnx(
+    model: nn.Module, path: str | os.PathLike[str], image_size: int, metadata: dict[str, str], opset: int = 18
+) -> None:
+    """Write `model` as a single ONNX file with a dynamic batch axis and `metadata`, checked.
+
+    Not atomic by itself: write to a temporary path and move it after `check_parity`."""
+    model = model.eval().cpu()
+    example = torch.randn(2, 3, image_size, image_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            model,
+            (example,),
+            dynamo=True,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            opset_version=opset,
+            verbose=False,
+        )
+    proto = program.model_proto
+    onnx.helper.set_model_props(proto, metadata)
+    onnx.checker.check_model(proto, full_check=True)
+    onnx.save_model(proto, str(path), save_as_external_data=False)
+
+
+def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
+    """An ONNX Runtime CPU session for the model at `path`."""
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def top1_agreements(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> int:
+    """Rows of logits whose top-1 class `actual` shares with `expected`; a different class whose
+    expected logit is within the tolerance of the top one is a tie, and agrees."""
+    rows = np.arange(len(expected))
+    top, picked = expected[rows, expected.argmax(1)], expected[rows, actual.argmax(1)]
+    return int(np.isclose(picked, top, rtol=rtol, atol=atol).sum())
+
+
+def check_parity(
+    model: nn.Module,
+    onnx_path: str | os.PathLike[str],
+    images: np.ndarray | Rows,
+    image_size: int,
+    rtol: float,
+    atol: float,
+    min_top1_agreement: float,
+    batch_size: int = 32,
+    seed: int = 0,
+    shown_as: str | os.PathLike[str] | None = None,
+) -> dict[str, Any]:
+    """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares, read a batch
+    at a time) and on random batches of 1 and 7; raises ParityError, naming the file `shown_as`
+    (default `onnx_path`), when outside the tolerances."""
+    model = model.eval().cpu()
+    sess = session(onnx_path)
+    rng = np.random.default_rng(seed)
+    photos = (
+        (True, to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size)))
+        for i in range(0, len(images), batch_size)
+    )
+    noise = ((False, rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32)) for n in (1, 7))
+    max_abs = max_rel = 0.0
+    agree = total = 0
+    within = True
+    for real, x in itertools.chain(photos, noise):
+        with torch.inference_mode():
+            expected = model(torch.from_numpy(x)).numpy()
+        if not np.isfinite(expected).all():
+            raise ParityError(
+                f"{shown_as or onnx_path}: PyTorch's own logits are not finite (NaN or inf), so there is "
+                "nothing to compare: the weights are broken (did training diverge?)"
+            )
+        actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+        if not np.isfinite(actual).all():
+            raise ParityError(
+                f"{shown_as or onnx_path}: ONNX Runtime's logits are not finite where PyTorch's are "
+                f"(NaN or inf in {int((~np.isfinite(actual)).sum())} of {actual.size})"
+            )
+        diff = np.abs(actual - expected)
+        max_abs = max(max_abs, float(diff.max()))
+        max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
+        within &= bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
+        if real:
+            agree += top1_agreements(actual, expected, rtol, atol)
+            total += len(x)
+    result = {
+        "images": total,
+        "max_abs_diff": max_abs,
+        "max_rel_diff": max_rel,
+        "within_tolerance": within,
+        "top1_agreement": agree / max(total, 1),
+    }
+    if not within or result["top1_agreement"] < min_top1_agreement:
+        raise ParityError(
+            f"{shown_as or onnx_path}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
+            f"max rel diff {max_rel:.3g} (allowed rtol {rtol:g}, atol {atol:g}), "
+            f"top-1 agreement {result['top1_agreement']:.2%} (need {min_top1_agreement:.0%})"
+        )
+    return result

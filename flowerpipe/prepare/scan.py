@@ -1,0 +1,245 @@
+"""Find, validate and decode the photos once: the prepared dataset that `data.prepared` reads.
+
+The prepared folder holds `manifest.csv` (relpath, label, split, sha256, width, height),
+`images.npy` (the decoded uint8 cache, one `resize` x `resize` RGB square per manifest row, in
+the same order), `dataset.json` (classes and sizes) and `report.json` (skipped files and why).
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import statistics
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from flowerpipe.core.atomic import atomic_dir
+from flowerpipe.core.console import log, progress
+from flowerpipe.core.errors import DataError
+from flowerpipe.core.files import Skipped, is_hidden, unreadable, walk_images
+from flowerpipe.data.cache import ImageCache
+from flowerpipe.data.prepared import MANIFEST_FIELDS
+from flowerpipe.deploy import preprocess
+from flowerpipe.prepare.duplicates import dhash, duplicate_groups
+from flowerpipe.prepare.split import assign_splits, split_counts
+
+ORIENTATION_TAG = 0x0112
+DISK_MARGIN = 1_000_000_000  # bytes left free beside the cache, for the manifest and everything else
+
+
+def scan(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
+    """Classes (sorted sub-folder names), candidate (relpath, label) files, and skipped files and
+    folders. A folder that cannot be listed is skipped, and links to folders are not followed
+    (a class folder may itself be a link)."""
+    classes, files, skipped = [], [], []
+    try:
+        entries = sorted(root.iterdir())
+    except OSError as exc:
+        raise DataError(f"{root}: {unreadable(root, exc)}") from None
+    for entry in entries:
+        rel = entry.name
+        if is_hidden(entry.name):
+            skipped.append(Skipped(rel + "/", "hidden folder") if entry.is_dir() else Skipped(rel, "hidden"))
+        elif not entry.is_dir():
+            skipped.append(Skipped(rel, "not inside a class folder"))
+        else:
+            try:
+                os.listdir(entry)
+            except OSError as exc:
+                skipped.append(Skipped(rel + "/", f"folder {unreadable(entry, exc)}"))
+                continue
+            classes.append(entry.name)
+            found, passed_over = walk_images(entry, root)
+            files += [(relpath, entry.name) for relpath in found]
+            skipped += passed_over
+    return classes, files, skipped
+
+
+def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int, int]:
+    """(sha256, uint8 square, width, height, difference hash) of one photo; raises ValueError with
+    the reason. The file is read once, so it cannot change between its hash and its pixels."""
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
+            raise ValueError("not a regular file")
+        data = path.read_bytes()
+    except OSError as exc:  # gone since the scan, a broken link or loop, permission denied
+        raise ValueError(unreadable(path, exc)) from None
+    if not data:
+        raise ValueError("empty file")
+    try:
+        with Image.open(io.BytesIO(data)) as probe:
+            width, height = probe.size
+            if probe.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # stored sideways
+                width, height = height, width
+        square = preprocess.fit_square(preprocess.load_rgb(io.BytesIO(data), draft_size=resize), resize)
+    except UnidentifiedImageError:
+        raise ValueError("not a readable image") from None
+    except Image.DecompressionBombError as exc:
+        raise ValueError(f"too many pixels ({exc})") from None
+    except (OSError, SyntaxError) as exc:
+        raise ValueError(f"truncated or corrupt image ({exc})") from None
+    return hashlib.sha256(data).hexdigest(), square, width, height, dhash(square)
+
+
+def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int, int] | str:
+    try:
+        return read_photo(*args)
+    except ValueError as exc:
+        return str(exc)
+
+
+def prepare(
+    root: Path,
+    out_dir: Path,
+    resize: int,
+    val: float,
+    test: float,
+    seed: int,
+    workers: int | None = None,
+    near_duplicates: int | None = 4,
+    label_conflicts: str = "keep",
+) -> dict[str, Any]:
+    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics.
+
+    Photos with the same bytes, and those whose difference hashes differ in at most
+    `near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
+    together. A group whose photos are filed under several classes is a label conflict, listed in
+    the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop")."""
+    classes, files, skipped = scan(root)
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
+    workers = workers or os.cpu_count() or 1
+    jobs = [(root / rel, resize) for rel, _ in files]
+    with atomic_dir(out_dir) as tmp:
+        _check_free_disk(out_dir, len(files) * resize * resize * 3)
+        # each square goes to disk as its worker returns it: no list of every decoded photo
+        images = ImageCache.create(tmp / "images.npy", len(files), resize)
+        rows, hashes = [], []
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            results = progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
+            for (relpath, label), result in zip(files, results, strict=True):
+                if isinstance(result, str):
+                    skipped.append(Skipped(relpath, result))
+                    continue
+                sha, square, width, height, difference = result
+                images[len(rows)] = square
+                rows.append(
+                    {"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height}
+                )
+                hashes.append(difference)
+        groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
+        several = _groups_of_several(groups)
+        together = [[rows[i]["relpath"] for i in group] for group in several]
+        conflicts = [
+            paths for paths, group in zip(together, several, strict=True) if _labels(rows, group) > 1
+        ]
+        if label_conflicts == "drop":
+            left_out = {p for paths in conflicts for p in paths}
+            skipped += [
+                Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)
+            ]
+            keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
+            for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
+                images[j] = images[i]
+            rows, groups = [rows[i] for i in keep], [groups[i] for i in keep]
+        images.close()
+        kept = {row["label"] for row in rows}
+        empty = [c for c in classes if c not in kept]
+        if empty:
+            raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
+        labels = [row["label"] for row in rows]
+        splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
+        for row, split in zip(rows, splits, strict=True):
+            row["split"] = split
+        for s in skipped:
+            log.warning("skipped %s: %s", s.path, s.reason)
+        for paths in conflicts:
+            log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
+
+        _keep_rows(tmp / "images.npy", len(rows))
+        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
+        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+        report = {
+            "source_root": str(root),
+            "skipped": [s.__dict__ for s in skipped],
+            "duplicate_groups": together,  # kept in one split; exact or near duplicates
+            "label_conflicts": conflicts,
+        }
+        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return dataset_metrics(rows, skipped) | {
+        "duplicate_groups": len(together),
+        "label_conflicts": len(conflicts),
+    }
+
+
+def _check_free_disk(out_dir: Path, needed: int) -> None:
+    """Refuse to start a cache that the disk of `out_dir` cannot hold: a memory-mapped write to a
+    full disk kills the process instead of raising an error."""
+    free = shutil.disk_usage(out_dir.parent).free
+    if needed + DISK_MARGIN > free:
+        raise DataError(
+            f"{out_dir}: the decoded cache needs {needed / 1e9:.1f} GB and "
+            f"{DISK_MARGIN / 1e9:.1f} GB to spare; {free / 1e9:.1f} GB are free "
+            "(free some space, or lower data.image_size)"
+        )
+
+
+def _keep_rows(path: Path, rows: int) -> None:
+    """Cut the .npy array at `path` to its first `rows` rows in place: the header, rewritten as
+    np.save writes it (its length unchanged: the shape only loses digits), and the data after them."""
+    with open(path, "r+b") as f:
+        version = np.lib.format.read_magic(f)
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(f)
+        data_start = f.tell()
+        header = io.BytesIO()
+        described = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order}
+        np.lib.format.write_array_header_1_0(header, described | {"shape": (rows, *shape[1:])})
+        if version != (1, 0) or len(header.getvalue()) != data_start:
+            raise RuntimeError(f"{path}: unexpected .npy header")
+        f.seek(0)
+        f.write(header.getvalue())
+        f.truncate(data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+def _groups_of_several(groups: list[int]) -> list[list[int]]:
+    """The rows of each group of more than one photo, in manifest order."""
+    members: dict[int, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    return [rows for rows in members.values() if len(rows) > 1]
+
+
+def _labels(rows: list[dict[str, Any]], group: list[int]) -> int:
+    """How many classes the photos of `group` are filed under."""
+    return len({rows[i]["label"] for i in group})
+
+
+def dataset_metrics(rows: list[dict[str, Any]], skipped: list[Skipped]) -> dict[str, Any]:
+    """Counts per split and class, skipped counts by reason, and image size statistics."""
+    reasons: dict[str, int] = {}
+    for s in skipped:
+        key = s.reason.split(" (")[0]
+        reasons[key] = reasons.get(key, 0) + 1
+    widths = [int(r["width"]) for r in rows]
+    heights = [int(r["height"]) for r in rows]
+    return {
+        "images": len(rows),
+        "skipped": len(skipped),
+        "skipped_by_reason": reasons,
+        "counts": split_counts([r["label"] for r in rows], [r["split"] for r in rows]),
+        "width": {"min": min(widths), "median": statistics.median(widths), "max": max(widths)},
+        "height": {"min": min(heights), "median": statistics.median(heights), "max": max(heights)},
+    }

@@ -1,0 +1,117 @@
+"""Figures a person reads at a glance: training curves, a confusion matrix with counts, and the
+most confidently wrong test photos; and the readers of the files they are drawn from."""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from flowerpipe.report.metrics import confusion_matrix
+
+Series = Sequence[tuple[float, float]]
+
+
+def curves_figure(history: Mapping[str, Series]) -> Figure:
+    """Loss and accuracy per epoch, train and val as lines; `history` maps e.g. `train/loss`
+    to (epoch, value) pairs."""
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    axes = fig.subplots(1, 2)
+    for ax, metric in zip(axes, ("loss", "accuracy"), strict=True):
+        for split in ("train", "val"):
+            points = history.get(f"{split}/{metric}", [])
+            if points:
+                x, y = zip(*points, strict=True)
+                ax.plot(x, y, marker="o", label=split)
+        ax.set(title=metric.capitalize(), xlabel="epoch", ylabel=metric)
+        last = max((x for series in history.values() for x, _ in series), default=1)
+        ax.set_xlim(0.5, last + 0.5)  # whole epochs, also for a one-epoch run
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.grid(alpha=0.3)
+        if ax.get_lines():
+            ax.legend()
+    return fig
+
+
+def confusion_figure(
+    cm: np.ndarray, classes: Sequence[str], title: str = "Confusion matrix (test)"
+) -> Figure:
+    """Counts and row percentages; rows are the actual class, columns the predicted one."""
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape, float), where=rows > 0)
+    size = 1.2 + 0.9 * len(classes)
+    fig = Figure(figsize=(size + 1.5, size), layout="constrained")
+    ax = fig.subplots()
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(classes)):
+        for j in range(len(classes)):
+            color = "white" if share[i, j] > 0.5 else "black"
+            ax.text(j, i, f"{cm[i, j]}\n{share[i, j]:.0%}", ha="center", va="center", color=color, fontsize=9)
+    ticks = range(len(classes))
+    ax.set_xticks(ticks, classes, rotation=45, ha="right")
+    ax.set_yticks(ticks, classes)
+    ax.set(
+        xlabel="predicted", ylabel="actual", title=f"{title}: accuracy {np.trace(cm) / max(cm.sum(), 1):.1%}"
+    )
+    fig.colorbar(image, ax=ax, label="share of the actual class")
+    return fig
+
+
+def mistakes_figure(
+    images: Sequence[np.ndarray], rows: Sequence[Mapping[str, str]], columns: int = 4
+) -> Figure:
+    """A grid of photos (uint8 HxWx3) with their true and predicted class and the predicted
+    probability; `rows` are the matching lines of predictions.csv."""
+    count = max(len(images), 1)
+    lines = -(-count // columns)
+    fig = Figure(figsize=(2.6 * columns, 2.9 * lines + 0.4), layout="constrained")
+    fig.suptitle(
+        f"The {len(images)} most confidently wrong test photos" if images else "No wrong test photos"
+    )
+    axes = np.atleast_1d(fig.subplots(lines, columns, squeeze=False)).ravel()
+    for ax in axes:
+        ax.axis("off")
+    for ax, image, row in zip(axes, images, rows, strict=False):
+        ax.imshow(image)
+        p = float(row[f"p_{row['predicted']}"])
+        ax.set_title(f"true: {row['actual']}\npredicted: {row['predicted']} ({p:.0%})", fontsize=9)
+    return fig
+
+
+def most_confident_mistakes(rows: Sequence[Mapping[str, str]], count: int = 16) -> list[Mapping[str, str]]:
+    """The wrong predictions with the highest predicted probability first."""
+    wrong = [r for r in rows if r["actual"] != r["predicted"]]
+    return sorted(wrong, key=lambda r: -float(r[f"p_{r['predicted']}"]))[:count]
+
+
+def prediction_confusion(rows: Sequence[Mapping[str, str]], classes: Sequence[str]) -> np.ndarray:
+    """The confusion matrix (actual rows, predicted columns) of predictions.csv rows."""
+    actual, predicted = (
+        np.array([classes.index(r[k]) for r in rows], dtype=np.int64) for k in ("actual", "predicted")
+    )
+    return confusion_matrix(actual, predicted, len(classes))
+
+
+def read_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[dict[str, str]]]:
+    """The class names (from the `p_<class>` columns) and the rows of predictions.csv."""
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
+        return classes, list(reader)
+
+
+def read_history(folder: str | os.PathLike[str]) -> dict[str, list[tuple[float, float]]]:
+    """DVCLive's per-epoch series under `folder` (e.g. `train/loss.tsv`) as (step, value) pairs."""
+    history = {}
+    for path in sorted(Path(folder).rglob("*.tsv")):
+        name = path.relative_to(folder).with_suffix("").as_posix()
+        with open(path, newline="") as f:
+            history[name] = [
+                (float(r["step"]), float(r[path.stem])) for r in csv.DictReader(f, delimiter="\t")
+            ]
+    return history
