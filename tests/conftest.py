@@ -1,5 +1,6 @@
 """Shared fixtures: synthetic flower photos drawn per class, the real photos when enabled, and
-throwaway git + DVC repos holding the pipeline."""
+throwaway git + DVC repos holding the pipeline. torch is imported where a fixture needs it: the
+deploy tests (tests/deploy/) run in an environment without it."""
 
 from __future__ import annotations
 
@@ -13,12 +14,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
-import torch
 import yaml
 from PIL import Image, ImageDraw
+
+if TYPE_CHECKING:
+    import torch
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("daisy", "dandelion", "roses")
@@ -147,6 +151,8 @@ class DvcRepo:
             while True:  # torchrun's agent stops its workers before it exits
                 os.killpg(proc.pid, 0)
                 time.sleep(0.05)
+        import torch
+
         return torch.load(checkpoint, weights_only=True)["epoch"]
 
 
@@ -184,7 +190,10 @@ def pytest_configure(config: pytest.Config) -> None:
     thread: OpenMP threads that outnumber the cores spin against each other."""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         os.environ["OMP_NUM_THREADS"] = "1"
-        torch.set_num_threads(1)
+        with contextlib.suppress(ImportError):  # not installed for the deploy tests
+            import torch
+
+            torch.set_num_threads(1)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -196,6 +205,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """Tiny models on a shared 2-core machine run many times faster on one intra-op thread."""
+    import torch
+
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -229,6 +240,8 @@ def noisy_squares(count: int, seed: int = 0) -> np.ndarray:
 def classifier() -> torch.nn.Module:
     """An untrained resnet18 for IMAGE_SIZE inputs that behaves like a trained one: BatchNorm has
     running statistics, and the head spreads `noisy_squares` over all the classes."""
+    import torch
+
     from flowerpipe.deploy.preprocess import center_crop, to_model_input
     from flowerpipe.model.build import build_model
 
@@ -251,14 +264,44 @@ def classifier() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
-def onnx_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`classifier` exported by flowerpipe, with its metadata."""
-    from flowerpipe.export import onnx as export
+def onnx_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """A small model for IMAGE_SIZE inputs exported with flowerpipe's metadata: `classifier` through
+    the export code where torch is installed, else (the deploy tests' environment) a graph built with
+    `onnx` alone that answers from the photo's mean colour."""
+    from flowerpipe.deploy.metadata import onnx_metadata
 
     path = tmp_path_factory.mktemp("export") / "model.onnx"
-    metadata = export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
-    export.export_onnx(classifier, path, IMAGE_SIZE, metadata)
+    metadata = onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
+    try:
+        from flowerpipe.export import onnx as export
+    except ImportError:  # no torch
+        _colour_model(path, metadata)
+    else:
+        export.export_onnx(request.getfixturevalue("classifier"), path, IMAGE_SIZE, metadata)
     return path
+
+
+def _colour_model(path: Path, metadata: dict[str, str]) -> None:
+    """An ONNX classifier without torch: the mean of each colour channel, times a fixed matrix."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.array([[3.0, -1.5, -1.5], [-1.5, 3.0, -1.5], [-1.5, -1.5, 3.0]], dtype=np.float32)
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+            helper.make_node("MatMul", ["mean", "weight"], ["logits"]),
+        ],
+        "colour",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
+        [numpy_helper.from_array(np.array([2, 3]), "axes"), numpy_helper.from_array(weight, "weight")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 8  # what the oldest supported onnxruntime reads
+    onnx.helper.set_model_props(model, metadata)
+    onnx.checker.check_model(model)
+    onnx.save(model, path)
 
 
 class _RunsCode:
@@ -275,6 +318,8 @@ def hostile_torch_files(folder: Path) -> tuple[dict[str, Path], Path]:
     """Files that are no torch file flowerpipe wrote, by name, and the file that a load which ran
     code would create."""
     import pickle
+
+    import torch
 
     folder.mkdir(parents=True, exist_ok=True)
     marker = folder / "code-ran"

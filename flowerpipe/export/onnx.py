@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import itertools
-import json
 import os
 import warnings
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,35 +15,12 @@ from torch import nn
 
 from flowerpipe.core.errors import ParityError
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.preprocess import MEAN, STD, to_model_input
+from flowerpipe.deploy.metadata import onnx_metadata as onnx_metadata  # what export writes, deploy reads
 from flowerpipe.deploy.preprocess import center_crop as crop_nhwc
+from flowerpipe.deploy.preprocess import to_model_input
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-
-
-def onnx_metadata(
-    classes: list[str],
-    arch: str,
-    image_size: int,
-    resize_size: int,
-    provenance: Mapping[str, str] | None = None,
-) -> dict[str, str]:
-    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
-    `provenance` (where the model came from: commit, experiment, weights hash)."""
-    return {
-        "classes": json.dumps(classes),
-        "arch": arch,
-        "image_size": str(image_size),
-        "resize_size": str(resize_size),
-        "interpolation": "bilinear",
-        "mean": json.dumps(list(MEAN)),
-        "std": json.dumps(list(STD)),
-        "layout": "NCHW float32 RGB",
-        "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
-        "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
-        **(provenance or {}),
-    }
 
 
 def export_onnx(

@@ -1,0 +1,33 @@
+"""The metadata an exported ONNX file carries for a deployment: written by export, read by predict
+and serve (so it lives on the torch-free side)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+
+from flowerpipe.deploy.preprocess import MEAN, STD
+
+
+def onnx_metadata(
+    classes: list[str],
+    arch: str,
+    image_size: int,
+    resize_size: int,
+    provenance: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
+    `provenance` (where the model came from: commit, experiment, weights hash)."""
+    return {
+        "classes": json.dumps(classes),
+        "arch": arch,
+        "image_size": str(image_size),
+        "resize_size": str(resize_size),
+        "interpolation": "bilinear",
+        "mean": json.dumps(list(MEAN)),
+        "std": json.dumps(list(STD)),
+        "layout": "NCHW float32 RGB",
+        "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
+        "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
+        **(provenance or {}),
+    }
