@@ -18,7 +18,7 @@ from flowerpipe.model.transforms import center_crop_batch, normalize, to_nchw
 def for_inference(model: nn.Module) -> nn.Module:
     """An eval-mode copy of `model` for passes with fixed weights, each BatchNorm that follows a
     convolution folded into it (torch.fx), in channels_last: the same logits within float rounding,
-    faster (README: Speed). A model torch.fx cannot trace is used as it is."""
+    faster (docs/training.md: Speed). A model torch.fx cannot trace is used as it is."""
     model.eval()
     try:
         model = fuse(model)  # a copy: the caller's model keeps its BatchNorm layers

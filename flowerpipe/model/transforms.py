@@ -27,9 +27,9 @@ class CropFlip:
     """v2's RandomResizedCrop, optionally followed by RandomHorizontalFlip, for a whole batch at
     once: crops and flips are drawn per image as v2 draws them, then one bilinear `grid_sample`
     resizes, and mirrors, every crop: a few kernels per batch instead of a few per image, which
-    on a GPU would cap training speed (about 10,000 images/s per host thread). Unlike v2 it does
-    not antialias when shrinking; a crop of the cached square shrinks by at most 1 / crop_ratio
-    (1.14x by default)."""
+    on a GPU would cap training speed (docs/training.md: Speed). Unlike v2 it does not antialias
+    when shrinking; a crop of the cached square shrinks by at most 1 / crop_ratio (1.14x by
+    default)."""
 
     def __init__(
         self,
