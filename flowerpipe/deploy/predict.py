@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from flowerpipe.core.errors import ModelError
 from flowerpipe.core.files import QUIET, unreadable, walk_images
-from flowerpipe.deploy.preprocess import preprocess_file, to_model_input
+from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 
@@ -113,7 +113,7 @@ class Predictor:
             return "a folder with no images"
         except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
             if not isinstance(exc, OSError) or exc.errno is None:  # Pillow's OSErrors have none
-                return f"cannot read as an image: {type(exc).__name__}: {exc}"
+                return image_failure(exc)
             if isinstance(exc, FileNotFoundError) and not Path(path).is_symlink():
                 return "no such file"  # gone, or never there
             return unreadable(Path(path), exc)  # a broken link, a link loop, permission denied

@@ -26,14 +26,13 @@ import numpy as np
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 
-from flowerpipe.core.errors import ImageTooLarge
 from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.preprocess import TOO_MANY_PIXELS, image_failure
 
 
 @dataclass(frozen=True)
@@ -138,12 +137,9 @@ def create_app(model_path: str | Path, limits: Limits = Limits(), threads: int =
             raise ApiError(400, f"{name}: empty")
         try:
             return predictor.load(io.BytesIO(data), limits.max_pixels)
-        except (ImageTooLarge, Image.DecompressionBombError) as exc:
-            raise ApiError(413, f"{name}: {exc}") from None
-        except UnidentifiedImageError:
-            raise ApiError(400, f"{name}: not an image format Pillow reads (JPEG, PNG, WebP, ...)") from None
         except Exception as exc:  # Pillow raises many kinds for a truncated or corrupt file
-            raise ApiError(400, f"{name}: cannot decode the image ({type(exc).__name__}: {exc})") from None
+            status = 413 if isinstance(exc, TOO_MANY_PIXELS) else 400
+            raise ApiError(status, f"{name}: {image_failure(exc)}") from None
 
     def classify(images: list[tuple[str, bytes]], top_k: int) -> list[dict[str, Any]]:
         return predictor.answer(np.stack([decode(name, data) for name, data in images]), top_k)
