@@ -40,6 +40,19 @@ def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read
     return value
 
 
+def inference_session(
+    path: str | os.PathLike[str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session for the model at `path`; `threads` intra-op threads (0: one per
+    physical core; None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
 class Predictor:
     """An ONNX Runtime session plus the preprocessing its metadata describes."""
 
@@ -49,10 +62,8 @@ class Predictor:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int = 0,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+            self.session = inference_session(model_path, providers, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{model_path}: cannot load as an ONNX model ({exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
