@@ -7,10 +7,9 @@ Class names and preprocessing come from the model's metadata through `Predictor`
 Concurrency: request bodies are read on the event loop; decoding and the model call run in the
 thread pool, many requests at a time. One onnxruntime session serves them all (its `run` is
 thread-safe) with intra-op threads on every core (`threads=0`): a lone request gets all the cores,
-and under load the calls overlap. Measured on 2 cores (benchmarks/serve_load.py), this beat one
-call at a time on every load level (7 ms at 1 client, 173 vs 145 requests/s at 8 clients); one
-thread per call (`threads=1`) gives the most requests/s under load (196) but a lone request takes
-longer (10 ms).
+and under load the calls overlap, which beat one call at a time at every load measured
+(benchmarks/serve_load.py); one thread per call (`threads=1`) gives more requests/s under load but
+a slower lone request.
 """
 
 from __future__ import annotations
