@@ -88,4 +88,4 @@ def image_failure(exc: Exception) -> str:
     if isinstance(exc, UnidentifiedImageError):
         return "not a readable image"
     # anything else: Pillow raises many kinds (OSError, SyntaxError, ValueError...) for a bad file
-    return f"truncated or corrupt image ({exc or type(exc).__name__})"
+    return f"truncated or corrupt image ({str(exc) or type(exc).__name__})"
