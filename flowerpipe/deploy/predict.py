@@ -21,7 +21,7 @@ import onnxruntime as ort
 
 from flowerpipe.core.errors import ModelError
 from flowerpipe.core.files import QUIET, unreadable, walk_images
-from flowerpipe.deploy.preprocess import preprocess_file, to_model_input
+from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 
@@ -40,6 +40,19 @@ def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read
     return value
 
 
+def inference_session(
+    path: str | os.PathLike[str],
+    providers: Sequence[str] = ("CPUExecutionProvider",),
+    threads: int | None = None,
+) -> ort.InferenceSession:
+    """An ONNX Runtime session for the model at `path`; `threads` intra-op threads (0: one per
+    physical core; None: onnxruntime's default)."""
+    options = ort.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
 class Predictor:
     """An ONNX Runtime session plus the preprocessing its metadata describes."""
 
@@ -49,10 +62,8 @@ class Predictor:
         providers: Sequence[str] = ("CPUExecutionProvider",),
         threads: int = 0,
     ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: one per physical core
         try:
-            self.session = ort.InferenceSession(str(model_path), options, providers=list(providers))
+            self.session = inference_session(model_path, providers, threads)
         except Exception as exc:  # onnxruntime raises its own untyped errors
             raise ModelError(f"{model_path}: cannot load as an ONNX model ({exc})") from exc
         meta = self.session.get_modelmeta().custom_metadata_map
@@ -113,7 +124,7 @@ class Predictor:
             return "a folder with no images"
         except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
             if not isinstance(exc, OSError) or exc.errno is None:  # Pillow's OSErrors have none
-                return f"cannot read as an image: {type(exc).__name__}: {exc}"
+                return image_failure(exc)
             if isinstance(exc, FileNotFoundError) and not Path(path).is_symlink():
                 return "no such file"  # gone, or never there
             return unreadable(Path(path), exc)  # a broken link, a link loop, permission denied

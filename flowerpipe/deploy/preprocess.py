@@ -12,12 +12,13 @@ from collections.abc import Sequence
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from flowerpipe.core.errors import ImageTooLarge
 
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
+TOO_MANY_PIXELS = (ImageTooLarge, Image.DecompressionBombError)  # the failures that are about size
 
 
 def resize_size(image_size: int, crop_ratio: float) -> int:
@@ -76,3 +77,15 @@ def preprocess_file(
 ) -> np.ndarray:
     """One image file -> the uint8 HWC `image_size` crop the model sees."""
     return center_crop(fit_square(load_rgb(source, resize, max_pixels), resize), image_size)
+
+
+def image_failure(exc: Exception) -> str:
+    """Why an image could not be decoded, in the words prepare, predict and serve show the user."""
+    if isinstance(exc, ImageTooLarge):
+        return str(exc)
+    if isinstance(exc, Image.DecompressionBombError):
+        return f"too many pixels ({exc})"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not a readable image"
+    # anything else: Pillow raises many kinds (OSError, SyntaxError, ValueError...) for a bad file
+    return f"truncated or corrupt image ({str(exc) or type(exc).__name__})"

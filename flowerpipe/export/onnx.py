@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
 from torch import nn
 
 from flowerpipe.core.errors import ParityError
 from flowerpipe.data.cache import Rows
 from flowerpipe.deploy.metadata import onnx_metadata as onnx_metadata  # what export writes, deploy reads
+from flowerpipe.deploy.predict import inference_session
 from flowerpipe.deploy.preprocess import center_crop as crop_nhwc
 from flowerpipe.deploy.preprocess import to_model_input
 
@@ -49,11 +49,6 @@ def export_onnx(
     onnx.save_model(proto, str(path), save_as_external_data=False)
 
 
-def session(path: str | os.PathLike[str]) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session for the model at `path`."""
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-
 def top1_agreements(actual: np.ndarray, expected: np.ndarray, rtol: float, atol: float) -> int:
     """Rows of logits whose top-1 class `actual` shares with `expected`; a different class whose
     expected logit is within the tolerance of the top one is a tie, and agrees."""
@@ -78,7 +73,7 @@ def check_parity(
     at a time) and on random batches of 1 and 7; raises ParityError, naming the file `shown_as`
     (default `onnx_path`), when outside the tolerances."""
     model = model.eval().cpu()
-    sess = session(onnx_path)
+    sess = inference_session(onnx_path)
     rng = np.random.default_rng(seed)
     photos = (
         (True, to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size)))

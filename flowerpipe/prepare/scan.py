@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from flowerpipe.core.atomic import atomic_dir
 from flowerpipe.core.console import log, progress
@@ -81,12 +81,8 @@ def read_photo(path: Path, resize: int) -> tuple[str, np.ndarray, int, int, int]
             if probe.getexif().get(ORIENTATION_TAG) in (5, 6, 7, 8):  # stored sideways
                 width, height = height, width
         square = preprocess.fit_square(preprocess.load_rgb(io.BytesIO(data), draft_size=resize), resize)
-    except UnidentifiedImageError:
-        raise ValueError("not a readable image") from None
-    except Image.DecompressionBombError as exc:
-        raise ValueError(f"too many pixels ({exc})") from None
-    except (OSError, SyntaxError) as exc:
-        raise ValueError(f"truncated or corrupt image ({exc})") from None
+    except Exception as exc:  # Pillow raises many kinds for a broken or foreign file
+        raise ValueError(preprocess.image_failure(exc)) from None
     return hashlib.sha256(data).hexdigest(), square, width, height, dhash(square)
 
 

@@ -177,7 +177,7 @@ def test_errors_name_the_image(client: TestClient) -> None:
     assert (
         client.post("/predict/batch", files=files)
         .json()["error"]
-        .startswith("files[1] (bad.jpg): not an image")
+        .startswith("files[1] (bad.jpg): not a readable image")
     )
     bomb = client.post("/predict", content=png_declaring(2000, 1000), headers={"Content-Type": "image/png"})
     assert bomb.json()["error"] == "body: 2000x1000 pixels is over the limit of 1,000,000"

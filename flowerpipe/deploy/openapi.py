@@ -1,0 +1,92 @@
+"""What the service's OpenAPI description says: the response schemas, the error statuses and the
+request bodies (FastAPI cannot infer these from routes that read the request themselves)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+REVISION = "the first 12 hex digits of the model file's sha256"
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
+class ClassScore(BaseModel):
+    label: str
+    score: float = Field(ge=0, le=1)
+
+
+class Prediction(BaseModel):
+    label: str = Field(description="the most likely class")
+    score: float = Field(ge=0, le=1, description="its probability")
+    top_k: list[ClassScore] = Field(description="the top_k most likely classes, most likely first")
+
+
+class PredictResponse(Prediction):
+    model_revision: str = Field(description=REVISION)
+
+
+class BatchResponse(BaseModel):
+    predictions: list[Prediction] = Field(description="one per image, in the order sent")
+    model_revision: str
+
+
+class ModelInfo(BaseModel):
+    revision: str = Field(description=REVISION)
+    sha256: str
+    classes: list[str]
+    image_size: int
+    resize_size: int
+    metadata: dict[str, str] = Field(description="the ONNX file's metadata_props as flowerpipe wrote them")
+
+
+class Health(BaseModel):
+    status: str
+    model_revision: str
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+ERROR_STATUSES = {
+    400: "empty, unreadable, truncated or not an image",
+    413: "over the size limits (bytes, pixels or images)",
+    415: "a content type other than image/*, application/octet-stream or multipart/form-data",
+    422: "a bad query parameter",
+}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text} for status, text in ERROR_STATUSES.items()
+}
+
+
+def predict_body() -> dict[str, Any]:
+    """The OpenAPI `requestBody` of /predict: one image, raw or as the multipart field `file`."""
+    upload = {"type": "object", "required": ["file"], "properties": {"file": BINARY["schema"]}}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": "one image: the body itself, or the multipart field `file`",
+            "content": {
+                **dict.fromkeys((*RAW_TYPES, "application/octet-stream"), BINARY),
+                "multipart/form-data": {"schema": upload},
+            },
+        }
+    }
+
+
+def batch_body(max_images: int) -> dict[str, Any]:
+    """The OpenAPI `requestBody` of /predict/batch: up to `max_images` in the multipart field `files`."""
+    uploads = {"type": "array", "items": BINARY["schema"]}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": f"up to {max_images} images in the multipart field `files`",
+            "content": {
+                "multipart/form-data": {
+                    "schema": {"type": "object", "required": ["files"], "properties": {"files": uploads}}
+                }
+            },
+        }
+    }
