@@ -15,14 +15,7 @@ def main() -> None:
     root = sources.obtain(cfg.data.source, Path("data/raw"), cfg.data.sha256)
     resize = resize_size(cfg.data.image_size, cfg.data.crop_ratio)
     metrics = dataset.prepare(
-        root,
-        Path("data/prepared"),
-        resize,
-        cfg.split.val,
-        cfg.split.test,
-        cfg.split.seed,
-        near_duplicates=cfg.split.near_duplicates,
-        label_conflicts=cfg.data.label_conflicts,
+        root, Path("data/prepared"), cfg.split, resize=resize, label_conflicts=cfg.data.label_conflicts
     )
     write_json("results/prepare/metrics.json", metrics)
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 from conftest import draw_photo, make_photos, unprivileged
 from PIL import Image
 
+from flowerpipe.config import SplitConfig
 from flowerpipe.core.errors import DataError
 from flowerpipe.data.cache import ImageCache
 from flowerpipe.data.prepared import load_prepared
@@ -22,11 +24,12 @@ from flowerpipe.deploy import preprocess
 from flowerpipe.prepare import scan as dataset
 
 RESIZE = 40
+SPLIT = SplitConfig(val=0.2, test=0.2, seed=42)
 IMAGE_SIZE = 32
 
 
 def prepare(root: Path, out: Path, resize: int = RESIZE) -> dict:
-    return dataset.prepare(root, out, resize=resize, val=0.2, test=0.2, seed=42, workers=2)
+    return dataset.prepare(root, out, SPLIT, resize=resize, workers=2)
 
 
 def read_manifest(out: Path) -> list[dict[str, str]]:
@@ -406,7 +409,7 @@ def test_near_duplicates_share_a_split_and_label_conflicts_are_reported(
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     recompressed(photos / "roses/roses_001.jpg", photos / "dandelion/also.jpg")  # filed twice
     out = tmp_path / "prepared"
-    metrics = dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, label_conflicts=conflicts)
+    metrics = dataset.prepare(photos, out, SPLIT, resize=RESIZE, label_conflicts=conflicts, workers=2)
     report = json.loads((out / "report.json").read_text())
     groups = [set(paths) for paths in report["duplicate_groups"]]
     assert {"daisy/again.jpg", "daisy/daisy_005.jpg"} in groups and {
@@ -431,7 +434,7 @@ def test_without_near_duplicates_only_the_same_bytes_group(photos: Path, tmp_pat
     recompressed(photos / "daisy/daisy_005.jpg", photos / "daisy/again.jpg")
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     out = tmp_path / "prepared"
-    dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, near_duplicates=None)
+    dataset.prepare(photos, out, replace(SPLIT, near_duplicates=None), resize=RESIZE, workers=2)
     report = json.loads((out / "report.json").read_text())
     assert report["duplicate_groups"] == [["daisy/copy.jpg", "daisy/daisy_007.jpg"]]
 

@@ -18,7 +18,7 @@ import statistics
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -32,6 +32,9 @@ from flowerpipe.data.prepared import MANIFEST_FIELDS
 from flowerpipe.deploy import preprocess
 from flowerpipe.prepare.duplicates import dhash, duplicate_groups
 from flowerpipe.prepare.split import assign_splits, split_counts
+
+if TYPE_CHECKING:  # a type only: the config is built above this package
+    from flowerpipe.config import SplitConfig
 
 ORIENTATION_TAG = 0x0112
 DISK_MARGIN = 1_000_000_000  # bytes left free beside the cache, for the manifest and everything else
@@ -114,18 +117,17 @@ class Duplicates:
 def prepare(
     root: Path,
     out_dir: Path,
+    split: SplitConfig,
+    *,
     resize: int,
-    val: float,
-    test: float,
-    seed: int,
-    workers: int | None = None,
-    near_duplicates: int | None = 4,
     label_conflicts: str = "keep",
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics.
+    """Validate, decode and split (as `split` says) the photos under `root` into `out_dir`, each
+    decoded to a `resize` square; returns the metrics.
 
     Photos with the same bytes, and those whose difference hashes differ in at most
-    `near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
+    `split.near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
     together. A group whose photos are filed under several classes is a label conflict, listed in
     the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop")."""
     classes, files, skipped = find_photos(root)
@@ -135,13 +137,13 @@ def prepare(
         images = ImageCache.create(tmp / "images.npy", len(files), resize)
         rows, hashes, failed = decode_photos(root, files, images, resize, workers)
         skipped += failed
-        duplicates = group_duplicates(rows, hashes, near_duplicates)
+        duplicates = group_duplicates(rows, hashes, split.near_duplicates)
         if label_conflicts == "drop":
             rows, duplicates, left_out = drop_conflicts(rows, duplicates, images)
             skipped += left_out
         images.close()
         _check_every_class(root, classes, rows)
-        rows = split_rows(rows, duplicates.groups, val, test, seed)
+        rows = split_rows(rows, duplicates.groups, split)
         _log_findings(skipped, duplicates.conflicts)
         write_prepared(tmp, rows, classes, skipped, duplicates, resize=resize, root=root)
     return dataset_metrics(rows, skipped) | {
@@ -212,11 +214,11 @@ def _check_every_class(root: Path, classes: list[str], rows: list[Row]) -> None:
         raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
 
 
-def split_rows(rows: list[Row], groups: list[int], val: float, test: float, seed: int) -> list[Row]:
-    """`rows`, each with its split; the photos of a duplicate group share one."""
+def split_rows(rows: list[Row], groups: list[int], split: SplitConfig) -> list[Row]:
+    """`rows`, each with its split (val, test and seed from `split`); a duplicate group shares one."""
     labels = [row["label"] for row in rows]
-    splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
-    return [row | {"split": split} for row, split in zip(rows, splits, strict=True)]
+    splits = assign_splits([row["sha256"] for row in rows], labels, split.val, split.test, split.seed, groups)
+    return [row | {"split": name} for row, name in zip(rows, splits, strict=True)]
 
 
 def _log_findings(skipped: list[Skipped], conflicts: list[list[str]]) -> None:
