@@ -140,10 +140,8 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
             e = cfg.export
 
             def export() -> dict[str, Any]:
-                export_onnx(model, fp32, side, metadata, e.opset)
-                return check_parity(
-                    model, fp32, Rows(data.images, val), side, e.rtol, e.atol, e.min_top1_agreement
-                )
+                export_onnx(model, fp32, side, metadata, opset=e.opset)
+                return check_parity(model, fp32, Rows(data.images, val), side, e)
 
             row["max_abs_diff"] = float(f"{timed(row, 'export', export)['max_abs_diff']:.2g}")
             row["onnx_mb"] = round(fp32.stat().st_size / 1e6, 1)

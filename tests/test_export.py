@@ -75,9 +75,7 @@ def test_batch_axis_is_dynamic(
 def test_parity_holds_for_the_exported_model(
     onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
 ) -> None:
-    result = export.check_parity(
-        classifier, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement, batch_size=4
-    )
+    result = export.check_parity(classifier, onnx_model, images, IMAGE_SIZE, TOL, batch_size=4)
     assert result["within_tolerance"] is True
     assert result["top1_agreement"] == 1.0
     assert result["images"] == len(images)
@@ -91,9 +89,7 @@ def test_parity_fails_when_the_model_changed(
     with torch.no_grad():
         changed.fc.bias += 0.1
     with pytest.raises(ParityError, match="differs from PyTorch") as info:
-        export.check_parity(
-            changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement
-        )
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
     assert str(onnx_model) in str(info.value)
     assert "max abs diff 0.1" in str(info.value)
 
@@ -108,7 +104,7 @@ def test_parity_fails_on_top1_disagreement(
     assert (onnx_top1 != 0).any()  # so top-1 must disagree somewhere
     agreement = float((onnx_top1 == 0).mean())
     with pytest.raises(ParityError, match=f"top-1 agreement {agreement:.2%}"):
-        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
 
 
 def test_parity_names_broken_weights_before_comparing(
@@ -119,7 +115,7 @@ def test_parity_names_broken_weights_before_comparing(
     with torch.no_grad():
         changed.fc.bias[1] = float("nan")
     with pytest.raises(ParityError, match="PyTorch's own logits are not finite"):
-        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
 
 
 def test_parity_names_an_onnx_file_that_gives_nan(
@@ -135,7 +131,7 @@ def test_parity_names_an_onnx_file_that_gives_nan(
         broken, path, IMAGE_SIZE, export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE)
     )
     with pytest.raises(ParityError, match="ONNX Runtime's logits are not finite where PyTorch's are"):
-        export.check_parity(classifier, path, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(classifier, path, images, IMAGE_SIZE, TOL)
 
 
 def test_top1_classes_tied_within_the_tolerance_agree() -> None:
