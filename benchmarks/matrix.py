@@ -156,12 +156,12 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         int8,
                         lambda n: crops(calibration_indices(train, n)),
                         crops(search_indices(train, e.calibration_images)),
-                        e.calibration_images,
+                        calibration_images=e.calibration_images,
                     )
                     judged = {
                         name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))
                     }
-                    gate_int8(fp32, int8, judged, e.max_accuracy_drop)
+                    gate_int8(fp32, int8, judged, max_drop_points=e.max_accuracy_drop)
                     row["int8_gate"] = "passed"
                 except QuantizationError as exc:  # the gate's verdict on a random model: it did its job
                     row["int8_gate"] = f"refused: {str(exc).partition(': ')[2]}"
