@@ -147,3 +147,15 @@ def test_metadata_without_provenance() -> None:
     assert "git_commit" not in meta
     assert all(isinstance(v, str) for v in meta.values())
     assert json.loads(meta["classes"]) == list(CLASSES)
+
+
+def test_parity_inputs_are_the_photos_a_batch_at_a_time_then_seeded_noise(images: np.ndarray) -> None:
+    found = list(export.parity_inputs(images, IMAGE_SIZE, batch_size=4, seed=3))
+    sizes = [min(4, len(images) - i) for i in range(0, len(images), 4)]
+    assert [(real, len(x)) for real, x in found] == [(True, n) for n in sizes] + [(False, 1), (False, 7)]
+    photos = np.concatenate([x for real, x in found if real])
+    np.testing.assert_array_equal(photos, to_model_input(center_crop(images, IMAGE_SIZE)))
+    rng = np.random.default_rng(3)
+    for (_, x), n in zip(found[-2:], (1, 7), strict=True):
+        noise = rng.standard_normal((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        np.testing.assert_array_equal(x, noise)

@@ -293,6 +293,23 @@ def test_nodes_in_float_are_kept_when_they_pay_and_tried_while_faster_than_fp32(
     assert found["chosen"] == found["search"][5] and found["chosen"]["excluded_nodes"] == ["n0", "n1"]
 
 
+def test_the_larger_calibration_is_passed_over_when_it_holds_no_more_photos(
+    onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only 64 calibration photos: the larger MinMax sample would repeat the first try, so the search
+    goes from the three methods to nodes in float, on the closest method's photos."""
+    crops = center_crop(noisy_squares(100, seed=2), IMAGE_SIZE)
+    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
+    tried = as_if_quantized(monkeypatch, answers | {("Percentile", 0): onnx_model})
+    few = calibrated_on(64)
+    found = search_int8(
+        onnx_model, tmp_path / "int8.onnx", lambda n: few[:n], crops, calibration_images=64, speedup=fast
+    )
+    floats = [f"Percentile 64 {k}" for k in (1, 2, 4, 8)]
+    assert tried == ["MinMax 64 0", "Entropy 64 0", "Percentile 64 0", *floats]
+    assert found["chosen"]["method"] == "Percentile" and found["chosen"]["excluded_nodes"] == []
+
+
 @pytest.fixture(scope="module")
 def outlier_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """`classifier` with one channel between layer1.0's convolutions scaled up 1000 times and scaled
