@@ -22,6 +22,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
 
+from flowerpipe.config import SplitConfig  # noqa: E402
 from flowerpipe.data.prepared import Prepared, load_prepared  # noqa: E402
 from flowerpipe.model.build import build_model, load_trained  # noqa: E402
 from flowerpipe.prepare.scan import prepare  # noqa: E402
@@ -123,7 +124,8 @@ def prepared(photos: Path, work: Path, resize: int) -> Prepared:
     """The photos decoded into flowerpipe's cache at `resize`, made once per work folder."""
     folder = work / f"prepared-{resize}"
     if not (folder / "manifest.csv").exists():
-        prepare(photos, folder, resize=resize, val=0.15, test=0.15, seed=42, workers=os.cpu_count() or 1)
+        split = SplitConfig(val=0.15, test=0.15, seed=42)
+        prepare(photos, folder, split, resize=resize, workers=os.cpu_count() or 1)
     return load_prepared(folder)
 
 

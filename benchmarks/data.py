@@ -13,7 +13,7 @@ from common import arguments, prepared, report
 from PIL import Image
 from torchvision import transforms as T
 
-from flowerpipe.config import TrainConfig
+from flowerpipe.config import SplitConfig, TrainConfig
 from flowerpipe.deploy.preprocess import MEAN, STD, resize_size
 from flowerpipe.model.transforms import augment_batch, build_augment, normalize, to_nchw
 from flowerpipe.prepare.scan import prepare
@@ -27,7 +27,8 @@ def main() -> None:
     scratch = args.work / "decode-run"
     shutil.rmtree(scratch, ignore_errors=True)
     start = time.perf_counter()
-    metrics = prepare(args.photos, scratch, resize_size(size, 0.875), 0.15, 0.15, 42, workers=workers)
+    split = SplitConfig(val=0.15, test=0.15, seed=42)
+    metrics = prepare(args.photos, scratch, split, resize=resize_size(size, 0.875), workers=workers)
     decode = metrics["images"] / (time.perf_counter() - start)
     shutil.rmtree(scratch)
 

@@ -140,10 +140,8 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
             e = cfg.export
 
             def export() -> dict[str, Any]:
-                export_onnx(model, fp32, side, metadata, e.opset)
-                return check_parity(
-                    model, fp32, Rows(data.images, val), side, e.rtol, e.atol, e.min_top1_agreement
-                )
+                export_onnx(model, fp32, side, metadata, opset=e.opset)
+                return check_parity(model, fp32, Rows(data.images, val), side, e)
 
             row["max_abs_diff"] = float(f"{timed(row, 'export', export)['max_abs_diff']:.2g}")
             row["onnx_mb"] = round(fp32.stat().st_size / 1e6, 1)
@@ -158,12 +156,12 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         int8,
                         lambda n: crops(calibration_indices(train, n)),
                         crops(search_indices(train, e.calibration_images)),
-                        e.calibration_images,
+                        calibration_images=e.calibration_images,
                     )
                     judged = {
                         name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))
                     }
-                    gate_int8(fp32, int8, judged, e.max_accuracy_drop)
+                    gate_int8(fp32, int8, judged, max_drop_points=e.max_accuracy_drop)
                     row["int8_gate"] = "passed"
                 except QuantizationError as exc:  # the gate's verdict on a random model: it did its job
                     row["int8_gate"] = f"refused: {str(exc).partition(': ')[2]}"

@@ -20,7 +20,9 @@ def main() -> None:
     for split in ("test", "val"):
         idx = data.indices(split)
         images = Rows(data.images, idx)  # read a batch at a time
-        logits = predict_logits(model, images, meta["image_size"], cfg.evaluate.batch_size, device)
+        logits = predict_logits(
+            model, images, meta["image_size"], batch_size=cfg.evaluate.batch_size, device=device
+        )
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
     write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})
 

@@ -46,17 +46,8 @@ def main() -> None:
         provenance(meta.get("data_sha256")),
     )
     with atomic_path(MODEL) as tmp:
-        export_onnx(model, tmp, meta["image_size"], metadata, cfg.export.opset)
-        parity = check_parity(
-            model,
-            tmp,
-            val,
-            meta["image_size"],
-            cfg.export.rtol,
-            cfg.export.atol,
-            cfg.export.min_top1_agreement,
-            shown_as=MODEL,
-        )
+        export_onnx(model, tmp, meta["image_size"], metadata, opset=cfg.export.opset)
+        parity = check_parity(model, tmp, val, meta["image_size"], cfg.export, shown_as=MODEL)
         latency = measure_latency(model, {"fp32": tmp}, center_crop(val[:32], meta["image_size"]))
     write_json("results/export/metrics.json", {"parity": parity, "latency": latency})
 

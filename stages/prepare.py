@@ -12,17 +12,10 @@ from flowerpipe.prepare import sources
 
 def main() -> None:
     cfg = load_config()
-    root = sources.obtain(cfg.data.source, Path("data/raw"), cfg.data.sha256)
+    root = sources.obtain(cfg.data.source, Path("data/raw"), sha256=cfg.data.sha256)
     resize = resize_size(cfg.data.image_size, cfg.data.crop_ratio)
     metrics = dataset.prepare(
-        root,
-        Path("data/prepared"),
-        resize,
-        cfg.split.val,
-        cfg.split.test,
-        cfg.split.seed,
-        near_duplicates=cfg.split.near_duplicates,
-        label_conflicts=cfg.data.label_conflicts,
+        root, Path("data/prepared"), cfg.split, resize=resize, label_conflicts=cfg.data.label_conflicts
     )
     write_json("results/prepare/metrics.json", metrics)
 

@@ -37,10 +37,10 @@ def main() -> None:
             tmp,
             lambda count: crops(calibration_indices(train, count)),
             crops(search_indices(train, cfg.calibration_images)),
-            cfg.calibration_images,
+            calibration_images=cfg.calibration_images,
         )
         splits = {name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))}
-        judged = gate_int8(FP32, tmp, splits, cfg.max_accuracy_drop, shown_as=path)
+        judged = gate_int8(FP32, tmp, splits, max_drop_points=cfg.max_accuracy_drop, shown_as=path)
         latency = measure_latency(model, {"fp32": FP32, kind: tmp}, crops(test)[:32])
     speedup = latency["onnxruntime_fp32"]["batch1_ms"] / latency[f"onnxruntime_{kind}"]["batch1_ms"]
     if speedup <= 1:

@@ -84,8 +84,7 @@ def test_family_trains_freezes_and_exports(
 
     onnx = tmp_path / "model.onnx"
     export_onnx(model, onnx, side, onnx_metadata(CLASSES, arch, side, side + 4))
-    e = cfg.export
-    parity = check_parity(model, onnx, images, side, e.rtol, e.atol, e.min_top1_agreement)
+    parity = check_parity(model, onnx, images, side, cfg.export)
     assert parity["within_tolerance"] and parity["images"] == len(images)
 
 

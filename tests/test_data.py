@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +16,22 @@ import pytest
 from conftest import draw_photo, make_photos, unprivileged
 from PIL import Image
 
+from flowerpipe.config import SplitConfig
 from flowerpipe.core.errors import DataError
+from flowerpipe.core.files import Skipped
 from flowerpipe.data.cache import ImageCache
-from flowerpipe.data.prepared import load_prepared
+from flowerpipe.data.prepared import MANIFEST_FIELDS, load_prepared
 from flowerpipe.deploy import preprocess
 from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare.split import assign_splits
 
 RESIZE = 40
+SPLIT = SplitConfig(val=0.2, test=0.2, seed=42)
 IMAGE_SIZE = 32
 
 
 def prepare(root: Path, out: Path, resize: int = RESIZE) -> dict:
-    return dataset.prepare(root, out, resize=resize, val=0.2, test=0.2, seed=42, workers=2)
+    return dataset.prepare(root, out, SPLIT, resize=resize, workers=2)
 
 
 def read_manifest(out: Path) -> list[dict[str, str]]:
@@ -406,7 +411,7 @@ def test_near_duplicates_share_a_split_and_label_conflicts_are_reported(
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     recompressed(photos / "roses/roses_001.jpg", photos / "dandelion/also.jpg")  # filed twice
     out = tmp_path / "prepared"
-    metrics = dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, label_conflicts=conflicts)
+    metrics = dataset.prepare(photos, out, SPLIT, resize=RESIZE, label_conflicts=conflicts, workers=2)
     report = json.loads((out / "report.json").read_text())
     groups = [set(paths) for paths in report["duplicate_groups"]]
     assert {"daisy/again.jpg", "daisy/daisy_005.jpg"} in groups and {
@@ -431,7 +436,7 @@ def test_without_near_duplicates_only_the_same_bytes_group(photos: Path, tmp_pat
     recompressed(photos / "daisy/daisy_005.jpg", photos / "daisy/again.jpg")
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     out = tmp_path / "prepared"
-    dataset.prepare(photos, out, RESIZE, 0.2, 0.2, 42, workers=2, near_duplicates=None)
+    dataset.prepare(photos, out, replace(SPLIT, near_duplicates=None), resize=RESIZE, workers=2)
     report = json.loads((out / "report.json").read_text())
     assert report["duplicate_groups"] == [["daisy/copy.jpg", "daisy/daisy_007.jpg"]]
 
@@ -454,3 +459,102 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "prepared"]  # no temporary left
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=dataset.DISK_MARGIN + needed))
     prepare(photos, out)  # exactly enough
+
+
+def test_find_photos_needs_two_class_folders(tmp_path: Path) -> None:
+    root = make_photos(tmp_path / "photos", per_class=2, classes=("daisy", "roses"))
+    (root / "stray.jpg").write_bytes(b"x")
+    classes, files, skipped = dataset.find_photos(root)
+    assert classes == ["daisy", "roses"] and files[0] == ("daisy/daisy_000.jpg", "daisy") and len(files) == 4
+    assert skipped == [Skipped("stray.jpg", "not inside a class folder")]
+    shutil.rmtree(root / "roses")
+    with pytest.raises(DataError, match="found 1 class folder"):
+        dataset.find_photos(root)
+
+
+def test_decode_photos_fills_the_cache_in_order_and_names_what_failed(photos: Path, tmp_path: Path) -> None:
+    (photos / "roses/broken.jpg").write_bytes(b"not a jpeg")
+    files = [
+        ("daisy/daisy_000.jpg", "daisy"),
+        ("roses/broken.jpg", "roses"),
+        ("roses/roses_003.jpg", "roses"),
+    ]
+    images = ImageCache.create(tmp_path / "images.npy", len(files), RESIZE)
+    rows, hashes, failed = dataset.decode_photos(photos, files, images, RESIZE, workers=1)
+    assert [(r["relpath"], r["label"]) for r in rows] == [files[0], files[2]]
+    assert failed == [Skipped("roses/broken.jpg", "not a readable image")]
+    for i, row in enumerate(rows):
+        sha, square, width, height, difference = dataset.read_photo(photos / row["relpath"], RESIZE)
+        assert (row["sha256"], row["width"], row["height"], hashes[i]) == (sha, width, height, difference)
+        np.testing.assert_array_equal(images[i], square)
+    assert not images[2].any()  # the failed photo's row stays empty, to be cut
+
+
+def manifest_rows(*entries: tuple[str, str]) -> list[dict]:
+    """Manifest rows of (relpath, sha256) pairs, each filed under its folder's class."""
+    return [
+        {"relpath": path, "label": path.split("/")[0], "sha256": sha, "width": 9, "height": 7}
+        for path, sha in entries
+    ]
+
+
+def test_label_conflicts_are_grouped_and_dropped_with_their_cache_rows(tmp_path: Path) -> None:
+    """a/1 and b/1 are the same bytes in two classes (a conflict); a/2 and a/3 are one bit apart."""
+    rows = manifest_rows(
+        ("a/1.jpg", "x"), ("a/2.jpg", "y"), ("b/1.jpg", "x"), ("b/2.jpg", "z"), ("a/3.jpg", "w")
+    )
+    hashes = [0, 0xF0F0, 0, 0xFFFF_FFFF, 0xF0F1]
+    found = dataset.group_duplicates(rows, hashes, near_duplicates=4)
+    assert found == dataset.Duplicates(
+        groups=[0, 1, 0, 3, 1],
+        together=[["a/1.jpg", "b/1.jpg"], ["a/2.jpg", "a/3.jpg"]],
+        conflicts=[["a/1.jpg", "b/1.jpg"]],
+    )
+    assert dataset.group_duplicates(rows, hashes, near_duplicates=None).together == [["a/1.jpg", "b/1.jpg"]]
+    images = ImageCache.create(tmp_path / "images.npy", len(rows), 2)
+    for i in range(len(rows)):
+        images[i] = np.full((2, 2, 3), i + 1, np.uint8)
+    kept, after, left_out = dataset.drop_conflicts(rows, found, images)
+    assert [r["relpath"] for r in kept] == ["a/2.jpg", "b/2.jpg", "a/3.jpg"]
+    assert [int(images[i][0, 0, 0]) for i in range(3)] == [2, 4, 5]  # moved up over the gaps
+    assert after == dataset.Duplicates([1, 3, 1], found.together, found.conflicts)  # still reported
+    reason = "label conflict, left out (data.label_conflicts)"
+    assert left_out == [Skipped("a/1.jpg", reason), Skipped("b/1.jpg", reason)]
+
+
+def test_split_rows_keeps_a_group_together_as_the_split_section_says() -> None:
+    rows = manifest_rows(*((f"{label}/{i}.jpg", f"{label}{i}") for label in "ab" for i in range(20)))
+    groups = [0 if i in (3, 17, 30) else i for i in range(len(rows))]
+    split = SplitConfig(val=0.2, test=0.3, seed=7)
+    shas, labels = [r["sha256"] for r in rows], [r["label"] for r in rows]
+    found = dataset.split_rows(rows, groups, split)
+    assert [r["split"] for r in found] == assign_splits(shas, labels, 0.2, 0.3, 7, groups)
+    assert len({found[i]["split"] for i in (0, 3, 17, 30)}) == 1
+    assert [{k: v for k, v in r.items() if k != "split"} for r in found] == rows and "split" not in rows[0]
+
+
+def test_write_prepared_cuts_the_cache_and_writes_the_manifest_and_report(tmp_path: Path) -> None:
+    found = manifest_rows(("a/1.jpg", "x"), ("b/é.jpg", "y"))
+    rows = [r | {"split": s} for r, s in zip(found, ("train", "val"), strict=True)]
+    images = ImageCache.create(tmp_path / "images.npy", 3, 2)
+    for i in range(3):
+        images[i] = np.full((2, 2, 3), i + 1, np.uint8)
+    images.close()
+    skipped = [Skipped("c/é.jpg", "hidden")]
+    duplicates = dataset.Duplicates([0, 1], [["a/1.jpg", "a/0.jpg"]], [])
+    dataset.write_prepared(tmp_path, rows, ["a", "b"], skipped, duplicates, resize=2, root=Path("/photos"))
+    saved = io.BytesIO()
+    np.save(saved, np.stack([np.full((2, 2, 3), i + 1, np.uint8) for i in range(2)]))
+    assert (tmp_path / "images.npy").read_bytes() == saved.getvalue()
+    assert read_manifest(tmp_path) == [{k: str(v) for k, v in r.items()} for r in rows]
+    assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == ",".join(MANIFEST_FIELDS)
+    meta = {"classes": ["a", "b"], "resize_size": 2, "source_root": "/photos"}
+    assert json.loads((tmp_path / "dataset.json").read_text()) == meta
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report == {
+        "source_root": "/photos",
+        "skipped": [{"path": "c/é.jpg", "reason": "hidden"}],
+        "duplicate_groups": [["a/1.jpg", "a/0.jpg"]],
+        "label_conflicts": [],
+    }
+    assert '"c/é.jpg"' in (tmp_path / "report.json").read_text(encoding="utf-8")  # not escaped

@@ -75,9 +75,7 @@ def test_batch_axis_is_dynamic(
 def test_parity_holds_for_the_exported_model(
     onnx_model: Path, classifier: torch.nn.Module, images: np.ndarray
 ) -> None:
-    result = export.check_parity(
-        classifier, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement, batch_size=4
-    )
+    result = export.check_parity(classifier, onnx_model, images, IMAGE_SIZE, TOL, batch_size=4)
     assert result["within_tolerance"] is True
     assert result["top1_agreement"] == 1.0
     assert result["images"] == len(images)
@@ -91,9 +89,7 @@ def test_parity_fails_when_the_model_changed(
     with torch.no_grad():
         changed.fc.bias += 0.1
     with pytest.raises(ParityError, match="differs from PyTorch") as info:
-        export.check_parity(
-            changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, TOL.min_top1_agreement
-        )
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
     assert str(onnx_model) in str(info.value)
     assert "max abs diff 0.1" in str(info.value)
 
@@ -108,7 +104,7 @@ def test_parity_fails_on_top1_disagreement(
     assert (onnx_top1 != 0).any()  # so top-1 must disagree somewhere
     agreement = float((onnx_top1 == 0).mean())
     with pytest.raises(ParityError, match=f"top-1 agreement {agreement:.2%}"):
-        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
 
 
 def test_parity_names_broken_weights_before_comparing(
@@ -119,7 +115,7 @@ def test_parity_names_broken_weights_before_comparing(
     with torch.no_grad():
         changed.fc.bias[1] = float("nan")
     with pytest.raises(ParityError, match="PyTorch's own logits are not finite"):
-        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(changed, onnx_model, images, IMAGE_SIZE, TOL)
 
 
 def test_parity_names_an_onnx_file_that_gives_nan(
@@ -135,7 +131,7 @@ def test_parity_names_an_onnx_file_that_gives_nan(
         broken, path, IMAGE_SIZE, export.onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE)
     )
     with pytest.raises(ParityError, match="ONNX Runtime's logits are not finite where PyTorch's are"):
-        export.check_parity(classifier, path, images, IMAGE_SIZE, TOL.rtol, TOL.atol, 1.0)
+        export.check_parity(classifier, path, images, IMAGE_SIZE, TOL)
 
 
 def test_top1_classes_tied_within_the_tolerance_agree() -> None:
@@ -151,3 +147,15 @@ def test_metadata_without_provenance() -> None:
     assert "git_commit" not in meta
     assert all(isinstance(v, str) for v in meta.values())
     assert json.loads(meta["classes"]) == list(CLASSES)
+
+
+def test_parity_inputs_are_the_photos_a_batch_at_a_time_then_seeded_noise(images: np.ndarray) -> None:
+    found = list(export.parity_inputs(images, IMAGE_SIZE, batch_size=4, seed=3))
+    sizes = [min(4, len(images) - i) for i in range(0, len(images), 4)]
+    assert [(real, len(x)) for real, x in found] == [(True, n) for n in sizes] + [(False, 1), (False, 7)]
+    photos = np.concatenate([x for real, x in found if real])
+    np.testing.assert_array_equal(photos, to_model_input(center_crop(images, IMAGE_SIZE)))
+    rng = np.random.default_rng(3)
+    for (_, x), n in zip(found[-2:], (1, 7), strict=True):
+        noise = rng.standard_normal((n, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+        np.testing.assert_array_equal(x, noise)

@@ -116,7 +116,7 @@ def test_calibrated_int8_keeps_the_accuracy(
     assert len(set(labels.tolist())) == 3  # the fp32 answers are not one class
     assert accuracy(int8_model, crops, labels) >= 0.97
     caplog.set_level(logging.INFO, logger="flowerpipe")
-    judged = gate_int8(onnx_model, int8_model, {"val": test_set}, 3.0)  # passes: no error
+    judged = gate_int8(onnx_model, int8_model, {"val": test_set}, max_drop_points=3.0)  # passes: no error
     agreement = judged["paired"]["val"]["agreement"]
     assert judged["gate"]["refused"] is False and agreement >= 0.97
     assert f"int8 gave fp32's class on {agreement:.1%} of the 300 val photos;" in caplog.text
@@ -133,7 +133,7 @@ def test_miscalibrated_int8_is_refused(
     assert int8 < 0.9
     with pytest.raises(QuantizationError) as info:
         splits = {"val": (crops[:100], labels[:100]), "test": (crops[100:], labels[100:])}
-        gate_int8(onnx_model, path, splits, 1.0, shown_as="models/model.int8.onnx")
+        gate_int8(onnx_model, path, splits, max_drop_points=1.0, shown_as="models/model.int8.onnx")
     message = str(info.value)
     assert message.startswith("models/model.int8.onnx: int8 is ")
     assert f"{100 * (1 - int8):.2f} ± " in message and "fp32 100.00% on the 300 photos the search" in message
@@ -151,7 +151,7 @@ def test_weights_that_can_saturate_without_vnni_are_refused_on_any_cpu(
     with pytest.raises(
         QuantizationError, match=r"^m.onnx: int8 weights reach 127, above 64: on x86 CPUs without VNNI"
     ):
-        gate_int8(onnx_model, path, {"test": test_set}, 100.0, shown_as="m.onnx")
+        gate_int8(onnx_model, path, {"test": test_set}, max_drop_points=100.0, shown_as="m.onnx")
 
 
 def test_calibration_sample_is_seeded_and_from_the_given_indices() -> None:
@@ -226,7 +226,7 @@ def test_search_tries_every_calibration_and_keeps_the_one_closest_to_fp32(
     answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
     tried = as_if_quantized(monkeypatch, answers | {("Entropy", 0): onnx_model})
     path = tmp_path / "model.int8.onnx"
-    found = search_int8(onnx_model, path, calibrated_on, crops, 64, speedup=fast)
+    found = search_int8(onnx_model, path, calibrated_on, crops, calibration_images=64, speedup=fast)
     calibrations = ["MinMax 64 0", "Entropy 64 0", "Percentile 64 0", "MinMax 256 0"]
     assert tried == [*calibrations, "Entropy 64 1", "Entropy 64 2", "Entropy 64 4", "Entropy 64 8"]
     first, chosen = found["search"][0], found["search"][1]
@@ -257,7 +257,9 @@ def test_a_calibration_onnx_runtime_cannot_make_is_passed_over(
         fake(fp32, int8, calibration, setting, **kwargs)
 
     monkeypatch.setattr(quantize, "quantize_int8", no_percentile)
-    found = search_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on, crops, 64, speedup=fast)
+    found = search_int8(
+        onnx_model, tmp_path / "int8.onnx", calibrated_on, crops, calibration_images=64, speedup=fast
+    )
     assert found["search_failed"] == [
         {
             "method": "Percentile",
@@ -278,10 +280,34 @@ def test_nodes_in_float_are_kept_when_they_pay_and_tried_while_faster_than_fp32(
     answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 4, 8)}
     tried = as_if_quantized(monkeypatch, answers | {("MinMax", 2): onnx_model})
     speeds = iter([1.5, 1.2, 0.9])
-    found = search_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on, crops, 64, lambda *_: next(speeds))
+    found = search_int8(
+        onnx_model,
+        tmp_path / "int8.onnx",
+        calibrated_on,
+        crops,
+        calibration_images=64,
+        speedup=lambda *_: next(speeds),
+    )
     assert tried[4:] == ["MinMax 64 1", "MinMax 64 2", "MinMax 64 4"]
     assert [t.get("speedup_over_fp32") for t in found["search"][4:]] == [1.5, 1.2, 0.9]
     assert found["chosen"] == found["search"][5] and found["chosen"]["excluded_nodes"] == ["n0", "n1"]
+
+
+def test_the_larger_calibration_is_passed_over_when_it_holds_no_more_photos(
+    onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only 64 calibration photos: the larger MinMax sample would repeat the first try, so the search
+    goes from the three methods to nodes in float, on the closest method's photos."""
+    crops = center_crop(noisy_squares(100, seed=2), IMAGE_SIZE)
+    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
+    tried = as_if_quantized(monkeypatch, answers | {("Percentile", 0): onnx_model})
+    few = calibrated_on(64)
+    found = search_int8(
+        onnx_model, tmp_path / "int8.onnx", lambda n: few[:n], crops, calibration_images=64, speedup=fast
+    )
+    floats = [f"Percentile 64 {k}" for k in (1, 2, 4, 8)]
+    assert tried == ["MinMax 64 0", "Entropy 64 0", "Percentile 64 0", *floats]
+    assert found["chosen"]["method"] == "Percentile" and found["chosen"]["excluded_nodes"] == []
 
 
 @pytest.fixture(scope="module")
@@ -305,7 +331,7 @@ def outlier_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPath
 def test_search_leaves_the_nodes_an_outlier_breaks_in_float(outlier_model: Path, tmp_path: Path) -> None:
     crops = center_crop(noisy_squares(150, seed=2), IMAGE_SIZE)
     path = tmp_path / "model.int8.onnx"
-    found = search_int8(outlier_model, path, calibrated_on, crops, 64, speedup=fast)
+    found = search_int8(outlier_model, path, calibrated_on, crops, calibration_images=64, speedup=fast)
     calibrations = [(t["method"], t["calibration_images"]) for t in found["search"][:4]]
     assert calibrations == [("MinMax", 64), ("Entropy", 64), ("Percentile", 64), ("MinMax", 256)]
     assert all(t["agreement"] < 0.7 for t in found["search"][:4])  # no calibration copes
@@ -319,8 +345,11 @@ def test_search_leaves_the_nodes_an_outlier_breaks_in_float(outlier_model: Path,
     first = tmp_path / "first.onnx"  # the first calibration alone, as the gate sees it
     quantize_int8(outlier_model, first, calibrated_on(64))
     with pytest.raises(QuantizationError, match="points below fp32"):
-        gate_int8(outlier_model, first, {"test": (crops, labels)}, 1.0)
-    assert gate_int8(outlier_model, path, {"test": (crops, labels)}, 1.0)["gate"]["refused"] is False
+        gate_int8(outlier_model, first, {"test": (crops, labels)}, max_drop_points=1.0)
+    assert (
+        gate_int8(outlier_model, path, {"test": (crops, labels)}, max_drop_points=1.0)["gate"]["refused"]
+        is False
+    )
 
 
 def test_search_on_a_grey_calibration_is_refused_by_the_gate(
@@ -336,14 +365,14 @@ def test_search_on_a_grey_calibration_is_refused_by_the_gate(
     grey = np.full((256, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
     counted = []
     monkeypatch.setattr(quantize, "activation_bytes", lambda p: counted.append(p) or activation_bytes(p))
-    found = search_int8(onnx_model, path, lambda n: grey[:n], crops, 16, speedup=fast)
+    found = search_int8(onnx_model, path, lambda n: grey[:n], crops, calibration_images=16, speedup=fast)
     assert len(found["search"]) == len(METHODS) + 1 + 4
     assert max(t["agreement"] for t in found["search"]) < 0.5 and len(counted) == 1
     with pytest.raises(
         QuantizationError,
         match=r"points below fp32 100\.00% on the 300 photos the search did not see \(test;",
     ):
-        gate_int8(onnx_model, path, {"test": test_set}, 1.0)
+        gate_int8(onnx_model, path, {"test": test_set}, max_drop_points=1.0)
 
 
 def test_calibration_holds_a_bounded_share_of_activations(

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from flowerpipe.config import SplitConfig
 from flowerpipe.core.errors import DataError
 from flowerpipe.prepare import scan as dataset
 from flowerpipe.prepare.split import SPLITS, assign_splits, split_counts
@@ -134,8 +135,9 @@ def test_split_counts_counts_per_split_and_class() -> None:
 
 def test_prepare_twice_gives_identical_manifest(photos: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "one", tmp_path / "two"
-    dataset.prepare(photos, first, resize=36, val=0.2, test=0.2, seed=42, workers=2)
-    dataset.prepare(photos, second, resize=36, val=0.2, test=0.2, seed=42, workers=1)
+    split = SplitConfig(val=0.2, test=0.2, seed=42)
+    dataset.prepare(photos, first, split, resize=36, workers=2)
+    dataset.prepare(photos, second, split, resize=36, workers=1)
     manifest = (first / "manifest.csv").read_bytes()
     assert manifest == (second / "manifest.csv").read_bytes()
     assert (first / "images.npy").read_bytes() == (second / "images.npy").read_bytes()

@@ -11,7 +11,7 @@ import torch
 import torchvision.models as tvm
 from conftest import make_photos, without_timings
 
-from flowerpipe.config import TrainConfig
+from flowerpipe.config import SplitConfig, TrainConfig
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.data.prepared import Prepared, load_prepared
 from flowerpipe.model.build import build_model
@@ -31,7 +31,7 @@ CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, precision="fp32", device="cp
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     root = make_photos(tmp_path_factory.mktemp("photos"))
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    dataset.prepare(root, out, resize=RESIZE, val=0.2, test=0.2, seed=42, workers=2)
+    dataset.prepare(root, out, SplitConfig(val=0.2, test=0.2, seed=42), resize=RESIZE, workers=2)
     return load_prepared(out)
 
 

@@ -140,6 +140,7 @@ def gate_int8(
     fp32_path: str | os.PathLike[str],
     int8_path: str | os.PathLike[str],
     splits: Mapping[str, tuple[np.ndarray | Rows, np.ndarray]],
+    *,
     max_drop_points: float,
     shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:

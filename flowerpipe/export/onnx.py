@@ -5,7 +5,8 @@ from __future__ import annotations
 import itertools
 import os
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -18,6 +19,11 @@ from flowerpipe.deploy.metadata import onnx_metadata as onnx_metadata  # what ex
 from flowerpipe.deploy.predict import inference_session
 from flowerpipe.deploy.preprocess import center_crop as crop_nhwc
 from flowerpipe.deploy.preprocess import to_model_input
+
+if TYPE_CHECKING:  # a type only: the config is built above this package
+    import onnxruntime as ort
+
+    from flowerpipe.config import ExportConfig
 
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
@@ -62,41 +68,24 @@ def check_parity(
     onnx_path: str | os.PathLike[str],
     images: np.ndarray | Rows,
     image_size: int,
-    rtol: float,
-    atol: float,
-    min_top1_agreement: float,
+    tolerance: ExportConfig,
+    *,
     batch_size: int = 32,
     seed: int = 0,
     shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares, read a batch
     at a time) and on random batches of 1 and 7; raises ParityError, naming the file `shown_as`
-    (default `onnx_path`), when outside the tolerances."""
+    (default `onnx_path`), when outside `tolerance`'s rtol, atol and min_top1_agreement."""
+    rtol, atol, min_top1_agreement = tolerance.rtol, tolerance.atol, tolerance.min_top1_agreement
     model = model.eval().cpu()
     sess = inference_session(onnx_path)
-    rng = np.random.default_rng(seed)
-    photos = (
-        (True, to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size)))
-        for i in range(0, len(images), batch_size)
-    )
-    noise = ((False, rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32)) for n in (1, 7))
+    shown = shown_as or onnx_path
     max_abs = max_rel = 0.0
     agree = total = 0
     within = True
-    for real, x in itertools.chain(photos, noise):
-        with torch.inference_mode():
-            expected = model(torch.from_numpy(x)).numpy()
-        if not np.isfinite(expected).all():
-            raise ParityError(
-                f"{shown_as or onnx_path}: PyTorch's own logits are not finite (NaN or inf), so there is "
-                "nothing to compare: the weights are broken (did training diverge?)"
-            )
-        actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-        if not np.isfinite(actual).all():
-            raise ParityError(
-                f"{shown_as or onnx_path}: ONNX Runtime's logits are not finite where PyTorch's are "
-                f"(NaN or inf in {int((~np.isfinite(actual)).sum())} of {actual.size})"
-            )
+    for real, x in parity_inputs(images, image_size, batch_size, seed):
+        expected, actual = _both_logits(model, sess, x, shown)
         diff = np.abs(actual - expected)
         max_abs = max(max_abs, float(diff.max()))
         max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
@@ -113,8 +102,43 @@ def check_parity(
     }
     if not within or result["top1_agreement"] < min_top1_agreement:
         raise ParityError(
-            f"{shown_as or onnx_path}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
+            f"{shown}: ONNX Runtime differs from PyTorch: max abs diff {max_abs:.3g}, "
             f"max rel diff {max_rel:.3g} (allowed rtol {rtol:g}, atol {atol:g}), "
             f"top-1 agreement {result['top1_agreement']:.2%} (need {min_top1_agreement:.0%})"
         )
     return result
+
+
+def parity_inputs(
+    images: np.ndarray | Rows, image_size: int, batch_size: int = 32, seed: int = 0
+) -> Iterator[tuple[bool, np.ndarray]]:
+    """The model inputs parity is checked on, each flagged whether it holds photos: `images`
+    centre-cropped, `batch_size` at a time, then random (`seed`) batches of 1 and 7."""
+    rng = np.random.default_rng(seed)
+    photos = (
+        (True, to_model_input(crop_nhwc(np.asarray(images[i : i + batch_size]), image_size)))
+        for i in range(0, len(images), batch_size)
+    )
+    noise = ((False, rng.standard_normal((n, 3, image_size, image_size), dtype=np.float32)) for n in (1, 7))
+    return itertools.chain(photos, noise)
+
+
+def _both_logits(
+    model: nn.Module, sess: ort.InferenceSession, x: np.ndarray, shown: str | os.PathLike[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """PyTorch's and ONNX Runtime's logits for `x`; raises ParityError, naming `shown`, where
+    either holds a NaN or inf."""
+    with torch.inference_mode():
+        expected = model(torch.from_numpy(x)).numpy()
+    if not np.isfinite(expected).all():
+        raise ParityError(
+            f"{shown}: PyTorch's own logits are not finite (NaN or inf), so there is "
+            "nothing to compare: the weights are broken (did training diverge?)"
+        )
+    actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+    if not np.isfinite(actual).all():
+        raise ParityError(
+            f"{shown}: ONNX Runtime's logits are not finite where PyTorch's are "
+            f"(NaN or inf in {int((~np.isfinite(actual)).sum())} of {actual.size})"
+        )
+    return expected, actual

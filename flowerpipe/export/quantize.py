@@ -266,6 +266,7 @@ def search_int8(
     int8_path: str | os.PathLike[str],
     calibration: Callable[[int], np.ndarray | Rows],
     photos: np.ndarray | Rows,
+    *,
     calibration_images: int,
     speedup: Callable[[str | os.PathLike[str], Path], float] | None = None,
 ) -> dict[str, Any]:

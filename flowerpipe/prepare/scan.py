@@ -16,8 +16,9 @@ import shutil
 import stat
 import statistics
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -31,6 +32,9 @@ from flowerpipe.data.prepared import MANIFEST_FIELDS
 from flowerpipe.deploy import preprocess
 from flowerpipe.prepare.duplicates import dhash, duplicate_groups
 from flowerpipe.prepare.split import assign_splits, split_counts
+
+if TYPE_CHECKING:  # a type only: the config is built above this package
+    from flowerpipe.config import SplitConfig
 
 ORIENTATION_TAG = 0x0112
 DISK_MARGIN = 1_000_000_000  # bytes left free beside the cache, for the manifest and everything else
@@ -93,92 +97,158 @@ def _read_or_reason(args: tuple[Path, int]) -> tuple[str, np.ndarray, int, int, 
         return str(exc)
 
 
+Row = dict[str, Any]  # a manifest line: relpath, label, sha256, width, height, and split once assigned
+
+
+@dataclass(frozen=True)
+class Duplicates:
+    """Each row's duplicate group, and the relpaths of each group of several photos: all of them
+    (kept in one split), and those filed under more than one class (the label conflicts)."""
+
+    groups: list[int]
+    together: list[list[str]]
+    conflicts: list[list[str]]
+
+
 def prepare(
     root: Path,
     out_dir: Path,
+    split: SplitConfig,
+    *,
     resize: int,
-    val: float,
-    test: float,
-    seed: int,
-    workers: int | None = None,
-    near_duplicates: int | None = 4,
     label_conflicts: str = "keep",
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """Validate, decode and split the photos under `root` into `out_dir`; returns the metrics.
+    """Validate, decode and split (as `split` says) the photos under `root` into `out_dir`, each
+    decoded to a `resize` square; returns the metrics.
 
     Photos with the same bytes, and those whose difference hashes differ in at most
-    `near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
+    `split.near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
     together. A group whose photos are filed under several classes is a label conflict, listed in
     the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop")."""
-    classes, files, skipped = scan(root)
-    if len(classes) < 2:
-        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
-    workers = workers or os.cpu_count() or 1
-    jobs = [(root / rel, resize) for rel, _ in files]
+    classes, files, skipped = find_photos(root)
     with atomic_dir(out_dir) as tmp:
         _check_free_disk(out_dir, len(files) * resize * resize * 3)
         # each square goes to disk as its worker returns it: no list of every decoded photo
         images = ImageCache.create(tmp / "images.npy", len(files), resize)
-        rows, hashes = [], []
-        with ProcessPoolExecutor(max_workers=workers) as pool:
-            results = progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
-            for (relpath, label), result in zip(files, results, strict=True):
-                if isinstance(result, str):
-                    skipped.append(Skipped(relpath, result))
-                    continue
-                sha, square, width, height, difference = result
-                images[len(rows)] = square
-                rows.append(
-                    {"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height}
-                )
-                hashes.append(difference)
-        groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
-        several = _groups_of_several(groups)
-        together = [[rows[i]["relpath"] for i in group] for group in several]
-        conflicts = [
-            paths for paths, group in zip(together, several, strict=True) if _labels(rows, group) > 1
-        ]
+        rows, hashes, failed = decode_photos(root, files, images, resize, workers)
+        skipped += failed
+        duplicates = group_duplicates(rows, hashes, split.near_duplicates)
         if label_conflicts == "drop":
-            left_out = {p for paths in conflicts for p in paths}
-            skipped += [
-                Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)
-            ]
-            keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
-            for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
-                images[j] = images[i]
-            rows, groups = [rows[i] for i in keep], [groups[i] for i in keep]
+            rows, duplicates, left_out = drop_conflicts(rows, duplicates, images)
+            skipped += left_out
         images.close()
-        kept = {row["label"] for row in rows}
-        empty = [c for c in classes if c not in kept]
-        if empty:
-            raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
-        labels = [row["label"] for row in rows]
-        splits = assign_splits([row["sha256"] for row in rows], labels, val, test, seed, groups)
-        for row, split in zip(rows, splits, strict=True):
-            row["split"] = split
-        for s in skipped:
-            log.warning("skipped %s: %s", s.path, s.reason)
-        for paths in conflicts:
-            log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
-
-        _keep_rows(tmp / "images.npy", len(rows))
-        with open(tmp / "manifest.csv", "w", newline="", encoding="utf-8") as f:
-            writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
-        (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
-        report = {
-            "source_root": str(root),
-            "skipped": [s.__dict__ for s in skipped],
-            "duplicate_groups": together,  # kept in one split; exact or near duplicates
-            "label_conflicts": conflicts,
-        }
-        (tmp / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+        _check_every_class(root, classes, rows)
+        rows = split_rows(rows, duplicates.groups, split)
+        _log_findings(skipped, duplicates.conflicts)
+        write_prepared(tmp, rows, classes, skipped, duplicates, resize=resize, root=root)
     return dataset_metrics(rows, skipped) | {
-        "duplicate_groups": len(together),
-        "label_conflicts": len(conflicts),
+        "duplicate_groups": len(duplicates.together),
+        "label_conflicts": len(duplicates.conflicts),
     }
+
+
+def find_photos(root: Path) -> tuple[list[str], list[tuple[str, str]], list[Skipped]]:
+    """What `scan` finds under `root`; raises DataError unless it holds two class folders or more."""
+    classes, files, skipped = scan(root)
+    if len(classes) < 2:
+        raise DataError(f"{root}: found {len(classes)} class folder(s) {classes}; need at least two")
+    return classes, files, skipped
+
+
+def decode_photos(
+    root: Path, files: list[tuple[str, str]], images: ImageCache, resize: int, workers: int | None = None
+) -> tuple[list[Row], list[int], list[Skipped]]:
+    """Decode `files` ((relpath, label) under `root`) in `workers` processes into the rows of
+    `images`, in order; returns their manifest rows and difference hashes, and the files that failed."""
+    workers = workers or os.cpu_count() or 1
+    jobs = [(root / rel, resize) for rel, _ in files]
+    rows: list[Row] = []
+    hashes: list[int] = []
+    failed: list[Skipped] = []
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        results = progress(pool.map(_read_or_reason, jobs, chunksize=16), "decode", len(jobs), "img")
+        for (relpath, label), result in zip(files, results, strict=True):
+            if isinstance(result, str):
+                failed.append(Skipped(relpath, result))
+                continue
+            sha, square, width, height, difference = result
+            images[len(rows)] = square
+            rows.append({"relpath": relpath, "label": label, "sha256": sha, "width": width, "height": height})
+            hashes.append(difference)
+    return rows, hashes, failed
+
+
+def group_duplicates(rows: list[Row], hashes: list[int], near_duplicates: int | None) -> Duplicates:
+    """The duplicate groups of `rows` (same bytes, or hashes at most `near_duplicates` bits apart)."""
+    groups = duplicate_groups([row["sha256"] for row in rows], hashes, near_duplicates)
+    several = _groups_of_several(groups)
+    together = [[rows[i]["relpath"] for i in group] for group in several]
+    conflicts = [paths for paths, group in zip(together, several, strict=True) if _labels(rows, group) > 1]
+    return Duplicates(groups, together, conflicts)
+
+
+def drop_conflicts(
+    rows: list[Row], duplicates: Duplicates, images: ImageCache
+) -> tuple[list[Row], Duplicates, list[Skipped]]:
+    """`rows` and their groups without the photos of any label conflict, whose cache rows the rows
+    after them move up over; and the photos left out. The report still lists their groups."""
+    left_out = {p for paths in duplicates.conflicts for p in paths}
+    skipped = [Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)]
+    keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
+    for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
+        images[j] = images[i]
+    groups = [duplicates.groups[i] for i in keep]
+    return [rows[i] for i in keep], replace(duplicates, groups=groups), skipped
+
+
+def _check_every_class(root: Path, classes: list[str], rows: list[Row]) -> None:
+    """Raise DataError naming the first class that none of `rows` is filed under."""
+    kept = {row["label"] for row in rows}
+    empty = [c for c in classes if c not in kept]
+    if empty:
+        raise DataError(f"{root / empty[0]}: class {empty[0]!r} has no readable images")
+
+
+def split_rows(rows: list[Row], groups: list[int], split: SplitConfig) -> list[Row]:
+    """`rows`, each with its split (val, test and seed from `split`); a duplicate group shares one."""
+    labels = [row["label"] for row in rows]
+    splits = assign_splits([row["sha256"] for row in rows], labels, split.val, split.test, split.seed, groups)
+    return [row | {"split": name} for row, name in zip(rows, splits, strict=True)]
+
+
+def _log_findings(skipped: list[Skipped], conflicts: list[list[str]]) -> None:
+    for s in skipped:
+        log.warning("skipped %s: %s", s.path, s.reason)
+    for paths in conflicts:
+        log.warning("label conflict: %s are the same photo, or nearly", " and ".join(paths))
+
+
+def write_prepared(
+    folder: Path,
+    rows: list[Row],
+    classes: list[str],
+    skipped: list[Skipped],
+    duplicates: Duplicates,
+    *,
+    resize: int,
+    root: Path,
+) -> None:
+    """Cut `folder`'s images.npy to `rows`, and write manifest.csv, dataset.json and report.json."""
+    _keep_rows(folder / "images.npy", len(rows))
+    with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    meta = {"classes": classes, "resize_size": resize, "source_root": str(root)}
+    (folder / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
+    report = {
+        "source_root": str(root),
+        "skipped": [s.__dict__ for s in skipped],
+        "duplicate_groups": duplicates.together,  # kept in one split; exact or near duplicates
+        "label_conflicts": duplicates.conflicts,
+    }
+    (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 
 
 def _check_free_disk(out_dir: Path, needed: int) -> None:
