@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -228,11 +228,7 @@ def fit(
         return run.result
 
     val_share = val_idx[rank::world]
-    feed = None
-    if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
-        feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
-    if feed is None:
-        feed = _image_feed(run, images, train_idx, val_share, cfg.train_size(image_size), image_size)
+    feed = _make_feed(run, images, train_idx, val_share, image_size)
     run.average(feed.net, saved)
     train_y = torch.from_numpy(labels[train_idx]).to(device)
     val_y = torch.from_numpy(labels[val_share])
@@ -307,16 +303,33 @@ class Batches:
 Positions = list[torch.Tensor]  # an epoch's batches, as positions in the train split
 
 
-@dataclass
-class Feed:
-    """What a training step runs (`net`), the inputs of an epoch's batches of train positions in
-    turn, and the val logits of a net like it: the whole model on augmented images, or the head on
-    cached features."""
+class Feed(Protocol):
+    """What a training step runs (`net`) and what it is fed: the whole model on augmented images
+    (`ImageFeed`), or the head on the frozen backbone's features (`FeatureFeed`)."""
 
     net: nn.Module
-    inputs: Callable[[Positions], Iterator[torch.Tensor]]
-    train_mode: Callable[[list[str]], object]
-    val_logits: Callable[[nn.Module], torch.Tensor]
+
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The inputs of an epoch's batches of train positions, in turn."""
+        ...
+
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """Put `net` in train mode for an epoch, but for the modules named in `eval_modules`."""
+        ...
+
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """The float32 CPU logits of `net` (trained here, or its moving average) on the val images."""
+        ...
+
+
+def _make_feed(run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int) -> Feed:
+    """Features computed once when only the head learns, on inputs that never change; else images."""
+    cfg = run.cfg
+    if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
+        feed = FeatureFeed.compute(run, images, train_idx, val_idx, size)
+        if feed is not None:  # None if the model forbids it
+            return feed
+    return ImageFeed(run, images, train_idx, val_idx, cfg.train_size(size), size)
 
 
 def _step_net(run: Run, feed: Feed, fixed: list[str], world: int) -> nn.Module:
@@ -329,56 +342,56 @@ def _step_net(run: Run, feed: Feed, fixed: list[str], world: int) -> nn.Module:
     return net
 
 
-def _image_feed(
-    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
-) -> Feed:
-    read = _train_reader(run, images, train_idx)
-    augment = build_augment(run.cfg.augment, train_size)
-    model = run.model
-    return Feed(
-        net=model,
-        inputs=lambda positions: (normalize(augment_batch(x, augment)) for x in read(positions)),
-        train_mode=lambda eval_modules: train_mode(model, eval_modules),
-        val_logits=lambda net: torch.from_numpy(
-            predict_logits(net, Rows(images, val_idx), size, run.cfg.batch_size, run.device)
-        ),
-    )
+class ImageFeed:
+    """The whole model on augmented `train_size` crops of the uint8 train images, which are indexed
+    in one copy of the split made on the device once, or read a batch at a time (`train.loader`)."""
 
+    def __init__(
+        self, run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
+    ) -> None:
+        self.net, self.run = run.model, run
+        self.val_rows, self.size = Rows(images, val_idx), size
+        self.rows = Rows(images, train_idx)  # item: the uint8 NHWC images at a batch of positions
+        self.pixels: torch.Tensor | None = None  # the whole split on the device, when held there
+        self.workers = _reader_processes(run.device)
+        nbytes = len(train_idx) * int(np.prod(images.shape[1:]))
+        whole, why = _split_on_device(run.cfg.loader, nbytes, run.device)
+        if whole:
+            log.info("train images: %.2f GB, held on %s (%s)", nbytes / 1e9, run.device, why)
+            self.pixels = _pixels(images[train_idx], run.device)
+        else:
+            readers = f"{self.workers} reader processes" if self.workers else "the training process"
+            log.info("train images: %.2f GB, read a batch at a time by %s (%s)", nbytes / 1e9, readers, why)
+        self.augment = build_augment(run.cfg.augment, train_size)
 
-def _train_reader(
-    run: Run, images: Images, train_idx: np.ndarray
-) -> Callable[[Positions], Iterator[torch.Tensor]]:
-    """The uint8 NCHW train images of each batch, on the device: indexed in one copy of the whole
-    split made there once, or read from `images` batch by batch while the steps before run
-    (`train.loader`). Both give the same images in the same order."""
-    nbytes = len(train_idx) * int(np.prod(images.shape[1:]))
-    whole, why = _split_on_device(run.cfg.loader, nbytes, run.device)
-    if whole:
-        log.info("train images: %.2f GB, held on %s (%s)", nbytes / 1e9, run.device, why)
-        pixels = _pixels(images[train_idx], run.device)
-        return lambda positions: (pixels[pos] for pos in positions)
-    cuda, workers = run.device.type == "cuda", _reader_processes(run.device)
-    log.info(
-        "train images: %.2f GB, read a batch at a time by %s (%s)",
-        nbytes / 1e9,
-        f"{workers} reader processes" if workers else "the training process",
-        why,
-    )
-    rows = Rows(images, train_idx)  # item: the uint8 NHWC images at a batch of positions
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """Each batch augmented image by image and normalized."""
+        return (normalize(augment_batch(x, self.augment)) for x in self.read(positions))
 
-    def read(positions: Positions) -> Iterator[torch.Tensor]:
+    def read(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The uint8 NCHW train images of each batch, on the device; both ways of reading give the
+        same images in the same order."""
+        if self.pixels is not None:
+            return (self.pixels[pos] for pos in positions)
         loader = DataLoader(
-            rows,
+            self.rows,
             batch_size=None,  # each of the sampler's items is a whole batch of positions
             sampler=[pos.cpu().numpy() for pos in positions],
-            num_workers=workers,
-            pin_memory=cuda,
-            prefetch_factor=PREFETCH if workers else None,
+            num_workers=self.workers,
+            pin_memory=self.run.device.type == "cuda",
+            prefetch_factor=PREFETCH if self.workers else None,
             generator=torch.Generator(),  # its seed draw must not move the augmentation's
         )
-        return (x.to(run.device, non_blocking=True).permute(0, 3, 1, 2) for x in loader)
+        return (x.to(self.run.device, non_blocking=True).permute(0, 3, 1, 2) for x in loader)
 
-    return read
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """The model in train mode, but for `eval_modules`."""
+        train_mode(self.net, eval_modules)
+
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """`net`'s logits on the centre crops of the val images, read a batch at a time."""
+        run = self.run
+        return torch.from_numpy(predict_logits(net, self.val_rows, self.size, run.cfg.batch_size, run.device))
 
 
 def _reader_processes(device: torch.device) -> int:
@@ -402,12 +415,53 @@ def _split_on_device(choice: str, nbytes: int, device: torch.device) -> tuple[bo
     return 2 * nbytes <= free, f"train.loader: auto, {free / 1e9:.1f} GB free on {device}"
 
 
-def _feature_feed(
-    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int
-) -> Feed | None:
-    """A feed of what the frozen backbone hands the head for the centre crop of each train and val
-    image, computed once; None for models that do more after their head (SqueezeNet pools)."""
-    start = time.perf_counter()
+class FeatureFeed:
+    """The head alone, on what the frozen backbone hands it for the centre crop of each train and
+    val image (`train_x`, `val_x`), computed once by `compute`."""
+
+    def __init__(self, head: nn.Module, train_x: torch.Tensor, val_x: torch.Tensor) -> None:
+        self.net, self.train_x, self.val_x = head, train_x, val_x
+
+    @classmethod
+    def compute(
+        cls, run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int
+    ) -> FeatureFeed | None:
+        """The features of the `size` centre crops of the train and val images; None for models that
+        do more after their head (SqueezeNet pools)."""
+        start = time.perf_counter()
+        feats = _head_inputs(run, images, (train_idx, val_idx), size)
+        if feats is None:
+            log.info("the head is not the model's last step: training the whole frozen model instead")
+            return None
+        seconds = time.perf_counter() - start
+        log.info(
+            "frozen backbone, no augmentation: %d-dim features of %d images computed once"
+            " in %.1f s (%.0f img/s)",
+            feats[0].numel(),
+            len(feats),
+            seconds,
+            len(feats) / seconds,
+        )
+        head = run.model.get_submodule(head_name(run.model))
+        return cls(head, feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone())
+
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The train features of each batch."""
+        return (self.train_x[pos] for pos in positions)
+
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """The head in train mode: the backbone it stands on is not run."""
+        self.net.train()
+
+    @torch.inference_mode()
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """`net`'s logits on the val features."""
+        return net.eval()(self.val_x).float().cpu()
+
+
+def _head_inputs(run: Run, images: Images, splits: tuple[np.ndarray, ...], size: int) -> torch.Tensor | None:
+    """What the head of the model takes in for the `size` centre crop of each image of `splits`, in
+    turn; None where the head's outputs on them are not the model's."""
     name = head_name(run.model)
     head, model = run.model.get_submodule(name), for_inference(run.model)
     captured: list[torch.Tensor] = []
@@ -417,7 +471,7 @@ def _feature_feed(
     try:
         outputs = []
         with torch.inference_mode(), run.autocast():
-            for idx, desc in ((train_idx, "features (train)"), (val_idx, "features (val)")):
+            for idx, desc in zip(splits, ("features (train)", "features (val)"), strict=True):
                 starts = range(0, len(idx), run.cfg.batch_size)
                 for start_at in progress(starts, desc, len(starts), "batch"):
                     batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
@@ -426,30 +480,10 @@ def _feature_feed(
             direct, feats = torch.cat(outputs), torch.cat(captured)
             from_feats = head(feats).float()  # shapes first: SqueezeNet's head outputs a map it pools later
             if from_feats.shape != direct.shape or not torch.allclose(from_feats, direct, atol=1e-3):
-                log.info("the head is not the model's last step: training the whole frozen model instead")
                 return None
     finally:
         hook.remove()
-    seconds = time.perf_counter() - start
-    log.info(
-        "frozen backbone, no augmentation: %d-dim features of %d images computed once in %.1f s (%.0f img/s)",
-        feats[0].numel(),
-        len(feats),
-        seconds,
-        len(feats) / seconds,
-    )
-    train_x, val_x = feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
-
-    @torch.inference_mode()
-    def val_logits(net: nn.Module) -> torch.Tensor:
-        return net.eval()(val_x).float().cpu()
-
-    return Feed(
-        net=head,
-        inputs=lambda positions: (train_x[pos] for pos in positions),
-        train_mode=lambda _: head.train(),
-        val_logits=val_logits,
-    )
+    return feats
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
