@@ -41,13 +41,13 @@ def run_fit(data: Prepared, cfg: TrainConfig = CFG, model: torch.nn.Module | Non
         model = build_model("resnet18", None, len(data.classes))
     result = training.fit(
         model,
-        data.images,
-        data.labels,
-        data.indices("train"),
-        data.indices("val"),
         cfg,
-        IMAGE_SIZE,
-        CPU,
+        images=data.images,
+        labels=data.labels,
+        train_idx=data.indices("train"),
+        val_idx=data.indices("val"),
+        image_size=IMAGE_SIZE,
+        device=CPU,
         on_epoch=on_epoch,
     )
     return model, result

@@ -185,11 +185,12 @@ class Run:
 
 def fit(
     model: nn.Module,
+    cfg: TrainConfig,
+    *,
     images: Images,
     labels: np.ndarray,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    cfg: TrainConfig,
     image_size: int,
     device: torch.device,
     on_epoch: EpochCallback | None = None,
@@ -205,74 +206,19 @@ def fit(
     batch (an epoch leaves out up to processes - 1 photos) and its share of the val images. Only rank
     0 writes the checkpoint and keeps `best_state`."""
     rank, world = rank_and_size()
-    if cfg.batch_size % world:
-        problem = f"{cfg.batch_size} does not split evenly over {world} processes"
-        raise ConfigError("train.batch_size", problem)
-    if len(val_idx) < world:
-        raise FlowerpipeError(f"the val split has {len(val_idx)} photos, fewer than the {world} processes")
-    frozen = freeze(model, cfg.freeze)
-    if device.type in ("cuda", "cpu"):
-        model.to(memory_format=torch.channels_last)  # faster convolutions on both
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    model.to(device)
-    run = Run(model, cfg, device, frozen)
-    saved = from_main(_load_checkpoint(checkpoint, key) if rank == 0 else None)
-    if saved is not None:
-        run.restore(saved)
-        log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), cfg.epochs)
-    for metrics in run.result.history:
-        if on_epoch:
-            on_epoch(metrics)
+    _check_processes(cfg, len(val_idx), world)
+    run = _start_run(model, cfg, device)
+    saved = _resume(run, checkpoint, key, rank, on_epoch)
     if run.result.finished:
         return run.result
 
     val_share = val_idx[rank::world]
     feed = _make_feed(run, images, train_idx, val_share, image_size)
     run.average(feed.net, saved)
-    train_y = torch.from_numpy(labels[train_idx]).to(device)
-    val_y = torch.from_numpy(labels[val_share])
-    # The same shuffle in every process; rank r takes every world-th position of it, so that the
-    # processes' shares of a batch together are the batch a single process would take.
-    sampler = DistributedSampler(
-        range(len(train_idx)), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True
-    )
-    batches = Batches(sampler.num_samples, cfg.batch_size // world)
-    net, backbone_on = None, None
-
+    plan = _plan_epochs(run, feed, labels[train_idx], labels[val_share], len(val_idx))
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
-        start = time.perf_counter()
-        first_step = (epoch - 1) * len(batches)
-        lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
-        if backbone_on != (epoch > cfg.head_epochs):
-            backbone_on = epoch > cfg.head_epochs
-            eval_modules, net = run.learn_backbone(backbone_on), None
-        feed.train_mode(eval_modules)
-        if net is None:  # made once the modules' modes are set
-            net = _step_net(run, feed, eval_modules, world)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), device=device)
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
-        train_loss, train_acc, seen = _train_epoch(run, feed, net, train_y, order, batches, first_step)
-        if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
-            same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
-        train_seconds = time.perf_counter() - start
-        val_loss, val_acc = _validate(run, feed, val_y, len(val_idx))
-        metrics = {
-            "epoch": epoch,
-            "train/loss": train_loss,
-            "train/accuracy": train_acc,
-            "val/loss": val_loss,
-            "val/accuracy": val_acc,
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - start,
-            "train_images_per_second": seen / train_seconds,
-        }
-        _log_epoch(metrics, cfg.epochs)
-        _check_finite(run, epoch, val_loss)
-        _keep_best(run, metrics, keep_state=rank == 0)
-        stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
-        run.result.finished = epoch == cfg.epochs or bool(stop)
+        metrics = _one_epoch(plan, epoch)
+        stop = _close_epoch(run, metrics, keep_state=rank == 0)
         if checkpoint is not None and rank == 0:
             with atomic_path(checkpoint) as tmp:
                 torch.save(run.state(key), tmp)
@@ -282,6 +228,123 @@ def fit(
             log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
             break
     return run.result
+
+
+def _check_processes(cfg: TrainConfig, val_photos: int, world: int) -> None:
+    """Refuse a batch or a val split that the `world` processes cannot share."""
+    if cfg.batch_size % world:
+        problem = f"{cfg.batch_size} does not split evenly over {world} processes"
+        raise ConfigError("train.batch_size", problem)
+    if val_photos < world:
+        raise FlowerpipeError(f"the val split has {val_photos} photos, fewer than the {world} processes")
+
+
+def _start_run(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Run:
+    """Freeze what `train.freeze` names, move `model` to `device` in its fastest layout, and make
+    the optimizer and the rest of the run around it."""
+    frozen = freeze(model, cfg.freeze)
+    if device.type in ("cuda", "cpu"):
+        model.to(memory_format=torch.channels_last)  # faster convolutions on both
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+    model.to(device)
+    return Run(model, cfg, device, frozen)
+
+
+def _resume(
+    run: Run, checkpoint: str | Path | None, key: str, rank: int, on_epoch: EpochCallback | None
+) -> dict[str, Any] | None:
+    """Take back the checkpoint rank 0 finds under `key`, if any, and hand `on_epoch` the epochs it
+    holds; returns it, for the moving average that `Run.average` makes later."""
+    saved = from_main(_load_checkpoint(checkpoint, key) if rank == 0 else None)
+    if saved is not None:
+        run.restore(saved)
+        log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), run.cfg.epochs)
+    for metrics in run.result.history:
+        if on_epoch:
+            on_epoch(metrics)
+    return saved
+
+
+@dataclass
+class EpochPlan:
+    """What each epoch of this process trains and scores on, and the net its steps run, which is
+    remade when the backbone starts learning (after `train.head_epochs`)."""
+
+    run: Run
+    feed: Feed
+    train_y: torch.Tensor  # on the device, indexed by train positions
+    val_y: torch.Tensor  # of this process's share of the val split
+    val_total: int  # val photos over all processes
+    sampler: DistributedSampler
+    batches: Batches
+    rank: int
+    world: int
+    net: nn.Module | None = None
+    backbone_on: bool | None = None
+    eval_modules: list[str] = field(default_factory=list)
+
+    def step_net(self, epoch: int) -> nn.Module:
+        """The net the steps of `epoch` run, its modules in train or eval mode as this epoch wants."""
+        if self.backbone_on != (epoch > self.run.cfg.head_epochs):
+            self.backbone_on = epoch > self.run.cfg.head_epochs
+            self.eval_modules, self.net = self.run.learn_backbone(self.backbone_on), None
+        self.feed.train_mode(self.eval_modules)
+        if self.net is None:  # made once the modules' modes are set
+            self.net = _step_net(self.run, self.feed, self.eval_modules, self.world)
+        return self.net
+
+
+def _plan_epochs(run: Run, feed: Feed, train_y: np.ndarray, val_y: np.ndarray, val_total: int) -> EpochPlan:
+    """This process's epochs over `feed`, with the labels of the train split and of its val share."""
+    rank, world = rank_and_size()
+    # The same shuffle in every process; rank r takes every world-th position of it, so that the
+    # processes' shares of a batch together are the batch a single process would take.
+    sampler = DistributedSampler(
+        range(len(train_y)), num_replicas=world, rank=rank, seed=run.cfg.seed, drop_last=True
+    )
+    batches = Batches(sampler.num_samples, run.cfg.batch_size // world)
+    train_labels, val_labels = torch.from_numpy(train_y).to(run.device), torch.from_numpy(val_y)
+    return EpochPlan(run, feed, train_labels, val_labels, val_total, sampler, batches, rank, world)
+
+
+def _one_epoch(plan: EpochPlan, epoch: int) -> dict[str, float]:
+    """Train one epoch and score it on the val split; returns its metrics."""
+    run, cfg, batches = plan.run, plan.run.cfg, plan.batches
+    start = time.perf_counter()
+    first_step = (epoch - 1) * len(batches)
+    lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
+    net = plan.step_net(epoch)
+    plan.sampler.set_epoch(epoch)
+    order = torch.tensor(list(plan.sampler), device=run.device)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, plan.rank))  # augmentation draws and dropout
+    train_loss, train_acc, seen = _train_epoch(run, plan.feed, net, plan.train_y, order, batches, first_step)
+    if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
+        same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
+    train_seconds = time.perf_counter() - start
+    val_loss, val_acc = _validate(run, plan.feed, plan.val_y, plan.val_total)
+    return {
+        "epoch": epoch,
+        "train/loss": train_loss,
+        "train/accuracy": train_acc,
+        "val/loss": val_loss,
+        "val/accuracy": val_acc,
+        "lr": lr,
+        "epoch_seconds": time.perf_counter() - start,
+        "train_images_per_second": seen / train_seconds,
+    }
+
+
+def _close_epoch(run: Run, metrics: dict[str, float], keep_state: bool) -> bool:
+    """Log the epoch, stop a run that diverged, and keep the epoch (its weights too when
+    `keep_state` and it is the best yet); returns whether early stopping ends the run here."""
+    cfg, epoch = run.cfg, int(metrics["epoch"])
+    _log_epoch(metrics, cfg.epochs)
+    _check_finite(run, epoch, metrics["val/loss"])
+    _keep_best(run, metrics, keep_state)
+    stop = bool(cfg.early_stopping and run.since_best >= cfg.early_stopping)
+    run.result.finished = epoch == cfg.epochs or stop
+    return stop
 
 
 @dataclass(frozen=True)
