@@ -110,7 +110,16 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
 
     def trained(train_cfg: Any, model: torch.nn.Module | None = None) -> torch.nn.Module:
         model = model or build_model(arch, None, classes)
-        result = fit(model, data.images, data.labels, train, val, train_cfg, side, CPU)
+        result = fit(
+            model,
+            train_cfg,
+            images=data.images,
+            labels=data.labels,
+            train_idx=train,
+            val_idx=val,
+            image_size=side,
+            device=CPU,
+        )
         model.load_state_dict(result.best_state)
         return model
 

@@ -26,21 +26,19 @@ def main() -> None:
     cfg = TrainConfig(epochs=1, batch_size=32, freeze=args.freeze)
     model = build_model("resnet18", None, len(data.classes), seed=0)
     device = resolve_device("auto")
+    split = {"images": data.images, "labels": data.labels, "train_idx": train_idx, "val_idx": train_idx[:32]}
     fit(
         build_model("resnet18", None, len(data.classes), seed=0),
-        data.images,
-        data.labels,
-        train_idx,
-        train_idx[:32],
         cfg,
-        args.size,
-        device,
+        **split,
+        image_size=args.size,
+        device=device,
     )  # warm-up: kernels, allocator, cuDNN's choice of algorithm for each batch shape
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":
         activities.append(torch.profiler.ProfilerActivity.CUDA)
     with torch.profiler.profile(activities=activities) as prof:
-        result = fit(model, data.images, data.labels, train_idx, train_idx[:32], cfg, args.size, device)
+        result = fit(model, cfg, **split, image_size=args.size, device=device)
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=sort, row_limit=20))
     if device.type == "cuda":

@@ -81,7 +81,16 @@ def main() -> None:
             cfg = config_from_dict({"train": train}).train
             model = build_model(args.arch, args.weights, len(data.classes), seed=seed)
             start = time.perf_counter()
-            result = fit(model, data.images, data.labels, train_idx, val_idx, cfg, args.size, device)
+            result = fit(
+                model,
+                cfg,
+                images=data.images,
+                labels=data.labels,
+                train_idx=train_idx,
+                val_idx=val_idx,
+                image_size=args.size,
+                device=device,
+            )
             seconds = time.perf_counter() - start
             model.load_state_dict(result.best_state)
             batch = cfg.batch_size * 2

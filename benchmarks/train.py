@@ -73,7 +73,14 @@ def flowerpipe_images_per_second(data, train_idx: np.ndarray, size: int, freeze:
     cfg = TrainConfig(epochs=3, batch_size=batch, freeze=freeze)  # the default augmentation
     model = build_model("resnet18", None, len(data.classes), seed=0)
     result = fit(
-        model, data.images, data.labels, train_idx, train_idx[:batch], cfg, size, resolve_device("auto")
+        model,
+        cfg,
+        images=data.images,
+        labels=data.labels,
+        train_idx=train_idx,
+        val_idx=train_idx[:batch],
+        image_size=size,
+        device=resolve_device("auto"),
     )
     return statistics.median(h["train_images_per_second"] for h in result.history[1:])
 
@@ -85,7 +92,16 @@ def frozen_ten_epochs(data, size: int, batch: int) -> dict[str, float]:
     cfg = TrainConfig(epochs=10, batch_size=batch, freeze="backbone", augment=[])
     model = build_model("resnet18", None, len(data.classes), seed=0)
     start = time.perf_counter()
-    fit(model, data.images, data.labels, train_idx, val_idx, cfg, size, resolve_device("auto"))
+    fit(
+        model,
+        cfg,
+        images=data.images,
+        labels=data.labels,
+        train_idx=train_idx,
+        val_idx=val_idx,
+        image_size=size,
+        device=resolve_device("auto"),
+    )
     ten = time.perf_counter() - start
     model = build_model("resnet18", None, len(data.classes), seed=0)
     start = time.perf_counter()

@@ -66,8 +66,9 @@ def test_family_trains_freezes_and_exports(
 
     model = build_model(arch, None, len(CLASSES))
     before = {k: v.clone() for k, v in model.state_dict().items()}
+    split = {"images": images, "labels": labels, "train_idx": train, "val_idx": val}
     model.load_state_dict(
-        fit(model, images, labels, train, val, one_step, side, CPU).best_state
+        fit(model, one_step, **split, image_size=side, device=CPU).best_state
     )  # as train does
     head = f"{head_name(model)}."
     moved = {k.partition(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
@@ -77,7 +78,7 @@ def test_family_trains_freezes_and_exports(
     freeze(frozen, "backbone")  # as fit does: only the head's parameters learn
     assert all(name.startswith(head) for name, p in frozen.named_parameters() if p.requires_grad)
     before = {k: v.clone() for k, v in frozen.state_dict().items()}
-    fit(frozen, images, labels, train, val, replace(one_step, freeze="backbone", augment=[]), side, CPU)
+    fit(frozen, replace(one_step, freeze="backbone", augment=[]), **split, image_size=side, device=CPU)
     changed = {k for k, v in frozen.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.startswith(head) for k in changed)
     assert (FALLBACK in caplog.text) == arch.startswith("squeezenet")

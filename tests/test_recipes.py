@@ -54,7 +54,8 @@ def fit(
 ) -> tuple[nn.Module, training.FitResult]:
     images, labels, train_idx, val_idx = data if data is not None else tiny_data(24)
     model = model if model is not None else build_model("resnet18", None, CLASSES)
-    result = training.fit(model, images, labels, train_idx, val_idx, cfg, IMAGE_SIZE, CPU, **kwargs)
+    split = {"images": images, "labels": labels, "train_idx": train_idx, "val_idx": val_idx}
+    result = training.fit(model, cfg, **split, image_size=IMAGE_SIZE, device=CPU, **kwargs)
     return model, result
 
 

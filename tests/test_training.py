@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -41,13 +42,13 @@ def run_fit(data: Prepared, cfg: TrainConfig = CFG, model: torch.nn.Module | Non
         model = build_model("resnet18", None, len(data.classes))
     result = training.fit(
         model,
-        data.images,
-        data.labels,
-        data.indices("train"),
-        data.indices("val"),
         cfg,
-        IMAGE_SIZE,
-        CPU,
+        images=data.images,
+        labels=data.labels,
+        train_idx=data.indices("train"),
+        val_idx=data.indices("val"),
+        image_size=IMAGE_SIZE,
+        device=CPU,
         on_epoch=on_epoch,
     )
     return model, result
@@ -111,6 +112,74 @@ def test_train_seed_drives_the_head_init(prepared: Prepared, tmp_path: Path) -> 
         model = build_model("resnet18", str(backbone), len(prepared.classes), seed=one_epoch.seed)
         runs.append(run_fit(prepared, one_epoch, model=model)[1])
     assert without_timings(runs[0].history) == without_timings(runs[1].history)
+
+
+# --- what the training steps are fed ---------------------------------------------------------------
+
+FEED_CFG = TrainConfig(batch_size=8, freeze="backbone", augment=[], precision="fp32", device="cpu")
+POSITIONS = [torch.tensor([3, 0, 7]), torch.tensor([5, 1])]  # an epoch's batches of train positions
+
+
+def feed_run(data: Prepared, cfg: TrainConfig = FEED_CFG) -> training.Run:
+    model = build_model("resnet18", None, len(data.classes), seed=4)
+    return training._start_run(model, cfg, CPU)
+
+
+def image_feed(data: Prepared, run: training.Run) -> training.ImageFeed:
+    train_size = run.cfg.train_size(IMAGE_SIZE)
+    return training.ImageFeed(
+        run, data.images, data.indices("train"), data.indices("val"), train_size, IMAGE_SIZE
+    )
+
+
+def centre_crops(data: Prepared, pos: torch.Tensor, size: int) -> torch.Tensor:
+    """The normalized centre crops of the cached train images at `pos`, read without a feed."""
+    rows = torch.from_numpy(data.images[data.indices("train")[pos.numpy()]]).permute(0, 3, 1, 2)
+    return normalize(center_crop_batch(rows, size))
+
+
+def drive(feed: training.Feed, seed: int = 0) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """An epoch's inputs at POSITIONS and the val logits, through what every feed offers."""
+    feed.train_mode([])
+    assert feed.net.training
+    torch.manual_seed(seed)
+    return list(feed.inputs(POSITIONS)), feed.val_logits(feed.net)
+
+
+@pytest.mark.parametrize("augment", [[], [{"RandomResizedCrop": {}}, {"RandomHorizontalFlip": {}}]])
+def test_image_feed_gives_the_images_at_the_positions_held_or_streamed(prepared: Prepared, augment) -> None:
+    val_idx = prepared.indices("val")
+    runs = {
+        loader: feed_run(prepared, replace(FEED_CFG, augment=augment, image_scale=0.75, loader=loader))
+        for loader in ("device", "stream")
+    }
+    (held, held_val), (streamed, streamed_val) = (drive(image_feed(prepared, run)) for run in runs.values())
+    assert [x.shape for x in held] == [(len(pos), 3, 24, 24) for pos in POSITIONS]
+    for x, y in zip(held, streamed, strict=True):
+        assert x.dtype == torch.float32 and torch.equal(x, y)  # the same draws on the same images
+    if not augment:  # the centre crop of the cached images at those positions, so of their labels
+        for x, pos in zip(held, POSITIONS, strict=True):
+            assert torch.equal(x, centre_crops(prepared, pos, 24))
+    model = runs["device"].model
+    assert held_val.shape == (len(val_idx), len(prepared.classes))
+    expected = predict_logits(model, np.asarray(prepared.images[val_idx]), IMAGE_SIZE, 8, CPU)
+    assert torch.equal(held_val, streamed_val) and torch.equal(held_val, torch.from_numpy(expected))
+
+
+def test_feature_feed_gives_what_the_backbone_hands_the_head_at_the_positions(prepared: Prepared) -> None:
+    run = feed_run(prepared)
+    train_idx, val_idx = prepared.indices("train"), prepared.indices("val")
+    features = training.FeatureFeed.compute(run, prepared.images, train_idx, val_idx, IMAGE_SIZE)
+    assert features is not None and features.net is run.model.fc
+    feats, val_logits = drive(features)
+    assert [x.shape for x in feats] == [(len(pos), 512) for pos in POSITIONS]
+    run.model.eval()
+    with torch.inference_mode():  # the head on the features is the model on the images, batch by batch
+        for x, pos in zip(feats, POSITIONS, strict=True):
+            expected = run.model(centre_crops(prepared, pos, IMAGE_SIZE))
+            torch.testing.assert_close(run.model.fc(x), expected, rtol=1e-4, atol=1e-4)
+    _, image_val_logits = drive(image_feed(prepared, run))
+    torch.testing.assert_close(val_logits, image_val_logits, rtol=1e-4, atol=1e-4)
 
 
 # --- augmentation ----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -185,11 +185,12 @@ class Run:
 
 def fit(
     model: nn.Module,
+    cfg: TrainConfig,
+    *,
     images: Images,
     labels: np.ndarray,
     train_idx: np.ndarray,
     val_idx: np.ndarray,
-    cfg: TrainConfig,
     image_size: int,
     device: torch.device,
     on_epoch: EpochCallback | None = None,
@@ -205,78 +206,19 @@ def fit(
     batch (an epoch leaves out up to processes - 1 photos) and its share of the val images. Only rank
     0 writes the checkpoint and keeps `best_state`."""
     rank, world = rank_and_size()
-    if cfg.batch_size % world:
-        problem = f"{cfg.batch_size} does not split evenly over {world} processes"
-        raise ConfigError("train.batch_size", problem)
-    if len(val_idx) < world:
-        raise FlowerpipeError(f"the val split has {len(val_idx)} photos, fewer than the {world} processes")
-    frozen = freeze(model, cfg.freeze)
-    if device.type in ("cuda", "cpu"):
-        model.to(memory_format=torch.channels_last)  # faster convolutions on both
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
-    model.to(device)
-    run = Run(model, cfg, device, frozen)
-    saved = from_main(_load_checkpoint(checkpoint, key) if rank == 0 else None)
-    if saved is not None:
-        run.restore(saved)
-        log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), cfg.epochs)
-    for metrics in run.result.history:
-        if on_epoch:
-            on_epoch(metrics)
+    _check_processes(cfg, len(val_idx), world)
+    run = _start_run(model, cfg, device)
+    saved = _resume(run, checkpoint, key, rank, on_epoch)
     if run.result.finished:
         return run.result
 
     val_share = val_idx[rank::world]
-    feed = None
-    if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
-        feed = _feature_feed(run, images, train_idx, val_share, image_size)  # None if the model forbids it
-    if feed is None:
-        feed = _image_feed(run, images, train_idx, val_share, cfg.train_size(image_size), image_size)
+    feed = _make_feed(run, images, train_idx, val_share, image_size)
     run.average(feed.net, saved)
-    train_y = torch.from_numpy(labels[train_idx]).to(device)
-    val_y = torch.from_numpy(labels[val_share])
-    # The same shuffle in every process; rank r takes every world-th position of it, so that the
-    # processes' shares of a batch together are the batch a single process would take.
-    sampler = DistributedSampler(
-        range(len(train_idx)), num_replicas=world, rank=rank, seed=cfg.seed, drop_last=True
-    )
-    batches = Batches(sampler.num_samples, cfg.batch_size // world)
-    net, backbone_on = None, None
-
+    plan = _plan_epochs(run, feed, labels[train_idx], labels[val_share], len(val_idx))
     for epoch in range(len(run.result.history) + 1, cfg.epochs + 1):
-        start = time.perf_counter()
-        first_step = (epoch - 1) * len(batches)
-        lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
-        if backbone_on != (epoch > cfg.head_epochs):
-            backbone_on = epoch > cfg.head_epochs
-            eval_modules, net = run.learn_backbone(backbone_on), None
-        feed.train_mode(eval_modules)
-        if net is None:  # made once the modules' modes are set
-            net = _step_net(run, feed, eval_modules, world)
-        sampler.set_epoch(epoch)
-        order = torch.tensor(list(sampler), device=device)
-        torch.manual_seed(_epoch_seed(cfg.seed, epoch, rank))  # augmentation draws and dropout
-        train_loss, train_acc, seen = _train_epoch(run, feed, net, train_y, order, batches, first_step)
-        if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
-            same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
-        train_seconds = time.perf_counter() - start
-        val_loss, val_acc = _validate(run, feed, val_y, len(val_idx))
-        metrics = {
-            "epoch": epoch,
-            "train/loss": train_loss,
-            "train/accuracy": train_acc,
-            "val/loss": val_loss,
-            "val/accuracy": val_acc,
-            "lr": lr,
-            "epoch_seconds": time.perf_counter() - start,
-            "train_images_per_second": seen / train_seconds,
-        }
-        _log_epoch(metrics, cfg.epochs)
-        _check_finite(run, epoch, val_loss)
-        _keep_best(run, metrics, keep_state=rank == 0)
-        stop = cfg.early_stopping and run.since_best >= cfg.early_stopping
-        run.result.finished = epoch == cfg.epochs or bool(stop)
+        metrics = _one_epoch(plan, epoch)
+        stop = _close_epoch(run, metrics, keep_state=rank == 0)
         if checkpoint is not None and rank == 0:
             with atomic_path(checkpoint) as tmp:
                 torch.save(run.state(key), tmp)
@@ -286,6 +228,123 @@ def fit(
             log.info("early stopping: no better val accuracy for %d epochs", cfg.early_stopping)
             break
     return run.result
+
+
+def _check_processes(cfg: TrainConfig, val_photos: int, world: int) -> None:
+    """Refuse a batch or a val split that the `world` processes cannot share."""
+    if cfg.batch_size % world:
+        problem = f"{cfg.batch_size} does not split evenly over {world} processes"
+        raise ConfigError("train.batch_size", problem)
+    if val_photos < world:
+        raise FlowerpipeError(f"the val split has {val_photos} photos, fewer than the {world} processes")
+
+
+def _start_run(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Run:
+    """Freeze what `train.freeze` names, move `model` to `device` in its fastest layout, and make
+    the optimizer and the rest of the run around it."""
+    frozen = freeze(model, cfg.freeze)
+    if device.type in ("cuda", "cpu"):
+        model.to(memory_format=torch.channels_last)  # faster convolutions on both
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
+    model.to(device)
+    return Run(model, cfg, device, frozen)
+
+
+def _resume(
+    run: Run, checkpoint: str | Path | None, key: str, rank: int, on_epoch: EpochCallback | None
+) -> dict[str, Any] | None:
+    """Take back the checkpoint rank 0 finds under `key`, if any, and hand `on_epoch` the epochs it
+    holds; returns it, for the moving average that `Run.average` makes later."""
+    saved = from_main(_load_checkpoint(checkpoint, key) if rank == 0 else None)
+    if saved is not None:
+        run.restore(saved)
+        log.info("resuming from %s after epoch %d of %d", checkpoint, len(run.result.history), run.cfg.epochs)
+    for metrics in run.result.history:
+        if on_epoch:
+            on_epoch(metrics)
+    return saved
+
+
+@dataclass
+class EpochPlan:
+    """What each epoch of this process trains and scores on, and the net its steps run, which is
+    remade when the backbone starts learning (after `train.head_epochs`)."""
+
+    run: Run
+    feed: Feed
+    train_y: torch.Tensor  # on the device, indexed by train positions
+    val_y: torch.Tensor  # of this process's share of the val split
+    val_total: int  # val photos over all processes
+    sampler: DistributedSampler
+    batches: Batches
+    rank: int
+    world: int
+    net: nn.Module | None = None
+    backbone_on: bool | None = None
+    eval_modules: list[str] = field(default_factory=list)
+
+    def step_net(self, epoch: int) -> nn.Module:
+        """The net the steps of `epoch` run, its modules in train or eval mode as this epoch wants."""
+        if self.backbone_on != (epoch > self.run.cfg.head_epochs):
+            self.backbone_on = epoch > self.run.cfg.head_epochs
+            self.eval_modules, self.net = self.run.learn_backbone(self.backbone_on), None
+        self.feed.train_mode(self.eval_modules)
+        if self.net is None:  # made once the modules' modes are set
+            self.net = _step_net(self.run, self.feed, self.eval_modules, self.world)
+        return self.net
+
+
+def _plan_epochs(run: Run, feed: Feed, train_y: np.ndarray, val_y: np.ndarray, val_total: int) -> EpochPlan:
+    """This process's epochs over `feed`, with the labels of the train split and of its val share."""
+    rank, world = rank_and_size()
+    # The same shuffle in every process; rank r takes every world-th position of it, so that the
+    # processes' shares of a batch together are the batch a single process would take.
+    sampler = DistributedSampler(
+        range(len(train_y)), num_replicas=world, rank=rank, seed=run.cfg.seed, drop_last=True
+    )
+    batches = Batches(sampler.num_samples, run.cfg.batch_size // world)
+    train_labels, val_labels = torch.from_numpy(train_y).to(run.device), torch.from_numpy(val_y)
+    return EpochPlan(run, feed, train_labels, val_labels, val_total, sampler, batches, rank, world)
+
+
+def _one_epoch(plan: EpochPlan, epoch: int) -> dict[str, float]:
+    """Train one epoch and score it on the val split; returns its metrics."""
+    run, cfg, batches = plan.run, plan.run.cfg, plan.batches
+    start = time.perf_counter()
+    first_step = (epoch - 1) * len(batches)
+    lr = cfg.lr * lr_factor(cfg, first_step, len(batches))
+    net = plan.step_net(epoch)
+    plan.sampler.set_epoch(epoch)
+    order = torch.tensor(list(plan.sampler), device=run.device)
+    torch.manual_seed(_epoch_seed(cfg.seed, epoch, plan.rank))  # augmentation draws and dropout
+    train_loss, train_acc, seen = _train_epoch(run, plan.feed, net, plan.train_y, order, batches, first_step)
+    if run.ema is not None:  # its BatchNorm statistics follow each process's own batches;
+        same_as_main(run.ema)  # rank 0's, the checkpoint's, are the ones every process scores with
+    train_seconds = time.perf_counter() - start
+    val_loss, val_acc = _validate(run, plan.feed, plan.val_y, plan.val_total)
+    return {
+        "epoch": epoch,
+        "train/loss": train_loss,
+        "train/accuracy": train_acc,
+        "val/loss": val_loss,
+        "val/accuracy": val_acc,
+        "lr": lr,
+        "epoch_seconds": time.perf_counter() - start,
+        "train_images_per_second": seen / train_seconds,
+    }
+
+
+def _close_epoch(run: Run, metrics: dict[str, float], keep_state: bool) -> bool:
+    """Log the epoch, stop a run that diverged, and keep the epoch (its weights too when
+    `keep_state` and it is the best yet); returns whether early stopping ends the run here."""
+    cfg, epoch = run.cfg, int(metrics["epoch"])
+    _log_epoch(metrics, cfg.epochs)
+    _check_finite(run, epoch, metrics["val/loss"])
+    _keep_best(run, metrics, keep_state)
+    stop = bool(cfg.early_stopping and run.since_best >= cfg.early_stopping)
+    run.result.finished = epoch == cfg.epochs or stop
+    return stop
 
 
 @dataclass(frozen=True)
@@ -307,16 +366,33 @@ class Batches:
 Positions = list[torch.Tensor]  # an epoch's batches, as positions in the train split
 
 
-@dataclass
-class Feed:
-    """What a training step runs (`net`), the inputs of an epoch's batches of train positions in
-    turn, and the val logits of a net like it: the whole model on augmented images, or the head on
-    cached features."""
+class Feed(Protocol):
+    """What a training step runs (`net`) and what it is fed: the whole model on augmented images
+    (`ImageFeed`), or the head on the frozen backbone's features (`FeatureFeed`)."""
 
     net: nn.Module
-    inputs: Callable[[Positions], Iterator[torch.Tensor]]
-    train_mode: Callable[[list[str]], object]
-    val_logits: Callable[[nn.Module], torch.Tensor]
+
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The inputs of an epoch's batches of train positions, in turn."""
+        ...
+
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """Put `net` in train mode for an epoch, but for the modules named in `eval_modules`."""
+        ...
+
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """The float32 CPU logits of `net` (trained here, or its moving average) on the val images."""
+        ...
+
+
+def _make_feed(run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int) -> Feed:
+    """Features computed once when only the head learns, on inputs that never change; else images."""
+    cfg = run.cfg
+    if cfg.freeze == "backbone" and not cfg.augment and run.mix is None:
+        feed = FeatureFeed.compute(run, images, train_idx, val_idx, size)
+        if feed is not None:  # None if the model forbids it
+            return feed
+    return ImageFeed(run, images, train_idx, val_idx, cfg.train_size(size), size)
 
 
 def _step_net(run: Run, feed: Feed, fixed: list[str], world: int) -> nn.Module:
@@ -329,56 +405,56 @@ def _step_net(run: Run, feed: Feed, fixed: list[str], world: int) -> nn.Module:
     return net
 
 
-def _image_feed(
-    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
-) -> Feed:
-    read = _train_reader(run, images, train_idx)
-    augment = build_augment(run.cfg.augment, train_size)
-    model = run.model
-    return Feed(
-        net=model,
-        inputs=lambda positions: (normalize(augment_batch(x, augment)) for x in read(positions)),
-        train_mode=lambda eval_modules: train_mode(model, eval_modules),
-        val_logits=lambda net: torch.from_numpy(
-            predict_logits(net, Rows(images, val_idx), size, run.cfg.batch_size, run.device)
-        ),
-    )
+class ImageFeed:
+    """The whole model on augmented `train_size` crops of the uint8 train images, which are indexed
+    in one copy of the split made on the device once, or read a batch at a time (`train.loader`)."""
 
+    def __init__(
+        self, run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, train_size: int, size: int
+    ) -> None:
+        self.net, self.run = run.model, run
+        self.val_rows, self.size = Rows(images, val_idx), size
+        self.rows = Rows(images, train_idx)  # item: the uint8 NHWC images at a batch of positions
+        self.pixels: torch.Tensor | None = None  # the whole split on the device, when held there
+        self.workers = _reader_processes(run.device)
+        nbytes = len(train_idx) * int(np.prod(images.shape[1:]))
+        whole, why = _split_on_device(run.cfg.loader, nbytes, run.device)
+        if whole:
+            log.info("train images: %.2f GB, held on %s (%s)", nbytes / 1e9, run.device, why)
+            self.pixels = _pixels(images[train_idx], run.device)
+        else:
+            readers = f"{self.workers} reader processes" if self.workers else "the training process"
+            log.info("train images: %.2f GB, read a batch at a time by %s (%s)", nbytes / 1e9, readers, why)
+        self.augment = build_augment(run.cfg.augment, train_size)
 
-def _train_reader(
-    run: Run, images: Images, train_idx: np.ndarray
-) -> Callable[[Positions], Iterator[torch.Tensor]]:
-    """The uint8 NCHW train images of each batch, on the device: indexed in one copy of the whole
-    split made there once, or read from `images` batch by batch while the steps before run
-    (`train.loader`). Both give the same images in the same order."""
-    nbytes = len(train_idx) * int(np.prod(images.shape[1:]))
-    whole, why = _split_on_device(run.cfg.loader, nbytes, run.device)
-    if whole:
-        log.info("train images: %.2f GB, held on %s (%s)", nbytes / 1e9, run.device, why)
-        pixels = _pixels(images[train_idx], run.device)
-        return lambda positions: (pixels[pos] for pos in positions)
-    cuda, workers = run.device.type == "cuda", _reader_processes(run.device)
-    log.info(
-        "train images: %.2f GB, read a batch at a time by %s (%s)",
-        nbytes / 1e9,
-        f"{workers} reader processes" if workers else "the training process",
-        why,
-    )
-    rows = Rows(images, train_idx)  # item: the uint8 NHWC images at a batch of positions
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """Each batch augmented image by image and normalized."""
+        return (normalize(augment_batch(x, self.augment)) for x in self.read(positions))
 
-    def read(positions: Positions) -> Iterator[torch.Tensor]:
+    def read(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The uint8 NCHW train images of each batch, on the device; both ways of reading give the
+        same images in the same order."""
+        if self.pixels is not None:
+            return (self.pixels[pos] for pos in positions)
         loader = DataLoader(
-            rows,
+            self.rows,
             batch_size=None,  # each of the sampler's items is a whole batch of positions
             sampler=[pos.cpu().numpy() for pos in positions],
-            num_workers=workers,
-            pin_memory=cuda,
-            prefetch_factor=PREFETCH if workers else None,
+            num_workers=self.workers,
+            pin_memory=self.run.device.type == "cuda",
+            prefetch_factor=PREFETCH if self.workers else None,
             generator=torch.Generator(),  # its seed draw must not move the augmentation's
         )
-        return (x.to(run.device, non_blocking=True).permute(0, 3, 1, 2) for x in loader)
+        return (x.to(self.run.device, non_blocking=True).permute(0, 3, 1, 2) for x in loader)
 
-    return read
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """The model in train mode, but for `eval_modules`."""
+        train_mode(self.net, eval_modules)
+
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """`net`'s logits on the centre crops of the val images, read a batch at a time."""
+        run = self.run
+        return torch.from_numpy(predict_logits(net, self.val_rows, self.size, run.cfg.batch_size, run.device))
 
 
 def _reader_processes(device: torch.device) -> int:
@@ -402,12 +478,53 @@ def _split_on_device(choice: str, nbytes: int, device: torch.device) -> tuple[bo
     return 2 * nbytes <= free, f"train.loader: auto, {free / 1e9:.1f} GB free on {device}"
 
 
-def _feature_feed(
-    run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int
-) -> Feed | None:
-    """A feed of what the frozen backbone hands the head for the centre crop of each train and val
-    image, computed once; None for models that do more after their head (SqueezeNet pools)."""
-    start = time.perf_counter()
+class FeatureFeed:
+    """The head alone, on what the frozen backbone hands it for the centre crop of each train and
+    val image (`train_x`, `val_x`), computed once by `compute`."""
+
+    def __init__(self, head: nn.Module, train_x: torch.Tensor, val_x: torch.Tensor) -> None:
+        self.net, self.train_x, self.val_x = head, train_x, val_x
+
+    @classmethod
+    def compute(
+        cls, run: Run, images: Images, train_idx: np.ndarray, val_idx: np.ndarray, size: int
+    ) -> FeatureFeed | None:
+        """The features of the `size` centre crops of the train and val images; None for models that
+        do more after their head (SqueezeNet pools)."""
+        start = time.perf_counter()
+        feats = _head_inputs(run, images, (train_idx, val_idx), size)
+        if feats is None:
+            log.info("the head is not the model's last step: training the whole frozen model instead")
+            return None
+        seconds = time.perf_counter() - start
+        log.info(
+            "frozen backbone, no augmentation: %d-dim features of %d images computed once"
+            " in %.1f s (%.0f img/s)",
+            feats[0].numel(),
+            len(feats),
+            seconds,
+            len(feats) / seconds,
+        )
+        head = run.model.get_submodule(head_name(run.model))
+        return cls(head, feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone())
+
+    def inputs(self, positions: Positions) -> Iterator[torch.Tensor]:
+        """The train features of each batch."""
+        return (self.train_x[pos] for pos in positions)
+
+    def train_mode(self, eval_modules: list[str]) -> None:
+        """The head in train mode: the backbone it stands on is not run."""
+        self.net.train()
+
+    @torch.inference_mode()
+    def val_logits(self, net: nn.Module) -> torch.Tensor:
+        """`net`'s logits on the val features."""
+        return net.eval()(self.val_x).float().cpu()
+
+
+def _head_inputs(run: Run, images: Images, splits: tuple[np.ndarray, ...], size: int) -> torch.Tensor | None:
+    """What the head of the model takes in for the `size` centre crop of each image of `splits`, in
+    turn; None where the head's outputs on them are not the model's."""
     name = head_name(run.model)
     head, model = run.model.get_submodule(name), for_inference(run.model)
     captured: list[torch.Tensor] = []
@@ -417,7 +534,7 @@ def _feature_feed(
     try:
         outputs = []
         with torch.inference_mode(), run.autocast():
-            for idx, desc in ((train_idx, "features (train)"), (val_idx, "features (val)")):
+            for idx, desc in zip(splits, ("features (train)", "features (val)"), strict=True):
                 starts = range(0, len(idx), run.cfg.batch_size)
                 for start_at in progress(starts, desc, len(starts), "batch"):
                     batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
@@ -426,30 +543,10 @@ def _feature_feed(
             direct, feats = torch.cat(outputs), torch.cat(captured)
             from_feats = head(feats).float()  # shapes first: SqueezeNet's head outputs a map it pools later
             if from_feats.shape != direct.shape or not torch.allclose(from_feats, direct, atol=1e-3):
-                log.info("the head is not the model's last step: training the whole frozen model instead")
                 return None
     finally:
         hook.remove()
-    seconds = time.perf_counter() - start
-    log.info(
-        "frozen backbone, no augmentation: %d-dim features of %d images computed once in %.1f s (%.0f img/s)",
-        feats[0].numel(),
-        len(feats),
-        seconds,
-        len(feats) / seconds,
-    )
-    train_x, val_x = feats[: len(train_idx)].clone(), feats[len(train_idx) :].clone()
-
-    @torch.inference_mode()
-    def val_logits(net: nn.Module) -> torch.Tensor:
-        return net.eval()(val_x).float().cpu()
-
-    return Feed(
-        net=head,
-        inputs=lambda positions: (train_x[pos] for pos in positions),
-        train_mode=lambda _: head.train(),
-        val_logits=val_logits,
-    )
+    return feats
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
