@@ -199,7 +199,9 @@ def test_fixed_modules_run_folded_while_the_rest_learns_in_the_model_itself() ->
     out = view(x)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     out.square().sum().backward()
-    torch.testing.assert_close(model[2].weight.grad, grads[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        model[2].weight.grad, grads[0], rtol=1e-4, atol=1e-4
+    )  # rounding, any thread count
     assert all(p.grad is None for p in view[0].parameters())  # no backward through the fixed stage
 
 

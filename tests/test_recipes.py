@@ -480,18 +480,39 @@ def test_frozen_backbone_without_augmentation_computes_features_once() -> None:
     images_seen = []
     model.layer1.register_forward_hook(lambda _m, args, _out: images_seen.append(len(args[0])))
     _, cached = fit(cfg, data, model)
-    assert sum(images_seen) == 20 + 7  # each train and val image went through the backbone once
+    # each train and val image went through the backbone once, and one more checked the head is last
+    assert sum(images_seen) == 20 + 7 + 1
 
     # the same training on the whole frozen model (every backbone module named) gives the same head
     names = [n for n, _ in model.named_children() if n != "fc"]
     slow_model = build_model("resnet18", None, CLASSES, head="mlp", hidden=16, seed=5)
     _, slow = fit(replace(cfg, freeze=names), data, slow_model)
-    assert sum(images_seen) == 27  # the hook is on the first model only
+    assert sum(images_seen) == 28  # the hook is on the first model only
     for h_cached, h_slow in zip(cached.history, slow.history, strict=True):
         assert h_cached["val/accuracy"] == h_slow["val/accuracy"]
         assert h_cached["train/loss"] == pytest.approx(h_slow["train/loss"], rel=1e-4)
     for key, value in slow_model.fc.state_dict().items():
         torch.testing.assert_close(model.fc.state_dict()[key], value, rtol=1e-4, atol=1e-5)
+
+
+def test_a_head_of_several_layers_trains_on_features_once(monkeypatch) -> None:
+    """An mlp head, or dropout before the linear one: torch.fx inlines such a head when it folds the
+    model, and the features are still those the head takes in."""
+    computed = []
+    compute = training.FeatureFeed.compute.__func__
+
+    def recorded(cls, *args):
+        feed = compute(cls, *args)
+        computed.append(feed is not None)
+        return feed
+
+    monkeypatch.setattr(training.FeatureFeed, "compute", classmethod(recorded))
+    cfg = TrainConfig(epochs=2, batch_size=8, freeze="backbone", precision="fp32", device="cpu", augment=[])
+    for head, dropout in (("mlp", 0.0), ("linear", 0.2)):
+        model = build_model("resnet18", None, CLASSES, head=head, hidden=16, dropout=dropout, seed=5)
+        _, result = fit(cfg, tiny_data(16, n_val=6), model)
+        assert len(result.history) == 2
+    assert computed == [True, True]
 
 
 def test_frozen_backbone_with_augmentation_trains_through_the_model(monkeypatch) -> None:

@@ -17,6 +17,7 @@ the checkpoint.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -526,27 +527,30 @@ def _head_inputs(run: Run, images: Images, splits: tuple[np.ndarray, ...], size:
     """What the head of the model takes in for the `size` centre crop of each image of `splits`, in
     turn; None where the head's outputs on them are not the model's."""
     name = head_name(run.model)
-    head, model = run.model.get_submodule(name), for_inference(run.model)
-    captured: list[torch.Tensor] = []
-    hook = model.get_submodule(name).register_forward_pre_hook(
-        lambda _, args: captured.append(args[0].float())
-    )
-    try:
-        outputs = []
-        with torch.inference_mode(), run.autocast():
-            for idx, desc in zip(splits, ("features (train)", "features (val)"), strict=True):
-                starts = range(0, len(idx), run.cfg.batch_size)
-                for start_at in progress(starts, desc, len(starts), "batch"):
-                    batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
-                    x = normalize(center_crop_batch(batch, size))
-                    outputs.append(model(x.contiguous(memory_format=torch.channels_last)).float())
-            direct, feats = torch.cat(outputs), torch.cat(captured)
-            from_feats = head(feats).float()  # shapes first: SqueezeNet's head outputs a map it pools later
-            if from_feats.shape != direct.shape or not torch.allclose(from_feats, direct, atol=1e-3):
-                return None
-    finally:
-        hook.remove()
-    return feats
+    head = run.model.get_submodule(name)
+    # The model with its head left out, folded: torch.fx inlines a head of several layers, so a
+    # hook on the head would never run.
+    headless = copy.deepcopy(run.model)
+    headless.set_submodule(name, nn.Identity())
+    model = for_inference(headless)
+    feats = []
+    with torch.inference_mode(), run.autocast():
+        for idx, desc in zip(splits, ("features (train)", "features (val)"), strict=True):
+            starts = range(0, len(idx), run.cfg.batch_size)
+            for start_at in progress(starts, desc, len(starts), "batch"):
+                batch = _pixels(images[idx[start_at : start_at + run.cfg.batch_size]], run.device)
+                x = normalize(center_crop_batch(batch, size)).contiguous(memory_format=torch.channels_last)
+                feats.append(model(x).float())
+                if len(feats) == 1 and not _head_is_last(run, head, feats[0][:1], x[:1]):
+                    return None
+    return torch.cat(feats)
+
+
+def _head_is_last(run: Run, head: nn.Module, feats: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether the head's outputs on `feats` are the whole model's on `x` (one image is enough): not
+    so where the model does more after its head (SqueezeNet pools the map its head outputs)."""
+    direct, from_feats = for_inference(run.model)(x).float(), head(feats).float()
+    return from_feats.shape == direct.shape and torch.allclose(from_feats, direct, atol=1e-3)
 
 
 def _epoch_seed(seed: int, epoch: int, rank: int) -> int:
