@@ -15,7 +15,7 @@ smallest side is above data.image_size's floor for the layers' sake (not RegNet'
 exact: validation refuses one pixel less (32 more for a one-side model), and the model itself fails
 there.
 
-    uv run python benchmarks/matrix.py                   # all 80, 52 min on 2 cores (README: Models)
+    uv run python benchmarks/matrix.py                   # all 80, 52 min on 2 cores (docs/models.md)
     uv run python benchmarks/matrix.py --models resnet18,vit_b_16
     uv run python benchmarks/matrix.py --models mnasnet0_5 --update   # rerun one row of the table
 """
@@ -212,7 +212,7 @@ def _exact(arch: str, side: int, fixed: bool, model: torch.nn.Module) -> bool:
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    """The matrix as the README shows it: each step's seconds, or its error."""
+    """The matrix as docs/models.md shows it: each step's seconds, or its error."""
     steps = ("build", "train step", "frozen backbone", "evaluate", "export + parity", "int8 + gate")
     lines = [
         f"| model | params | side | {' | '.join(steps)} |",

@@ -2,7 +2,7 @@
 # The CPU fast path as a DVC experiment: MobileNetV2 from ImageNet weights, its first seven blocks
 # frozen (no backward through them), trained on 176 px crops for 6 epochs (the first for the head
 # alone) and evaluated at 224 (FixRes), in fp32, what a CPU without bf16 runs. Measured on a 2-core
-# AMD EPYC in fp32: a 2.6-2.9 min train stage, 94.5 % test accuracy, mean of 2 seeds (README: Training).
+# AMD EPYC in fp32: a 2.6-2.9 min train stage, 94.5 % test accuracy, mean of 2 seeds (docs/training.md).
 #
 #   uv run sh presets/mobilenet_v2-cpu-fast.sh [dvc exp run options: --queue, -S key=value, a stage]
 #

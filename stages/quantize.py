@@ -44,7 +44,8 @@ def main() -> None:
         latency = measure_latency(model, {"fp32": FP32, kind: tmp}, crops(test)[:32])
     speedup = latency["onnxruntime_fp32"]["batch1_ms"] / latency[f"onnxruntime_{kind}"]["batch1_ms"]
     if speedup <= 1:
-        log.warning("%s: not faster than fp32 on this CPU at batch 1 (%.2fx); see the README", path, speedup)
+        why = "see docs/int8.md, int8 on every CPU"
+        log.warning("%s: not faster than fp32 on this CPU at batch 1 (%.2fx); %s", path, speedup, why)
     test_pair = judged["paired"]["test"]
     write_json(
         f"results/export/{kind}.json",

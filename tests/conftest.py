@@ -69,7 +69,7 @@ def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
 SMALL = {
     "model": {"weights": None},
     "data": {"image_size": 32},
-    # random weights: every layer learns from the first step, as the README advises
+    # random weights: every layer learns from the first step, as docs/training.md advises
     "train": {"epochs": 2, "batch_size": 16, "head_epochs": 0, "backbone_lr_factor": 1.0},
     # 14 test photos and a 2-epoch model: one changed answer is 7 points; test_quantize and test_gate
     # test the search and the gate, so here the gate lets any int8 model through

@@ -278,8 +278,9 @@ def test_shared_cache_restores_a_run_in_a_fresh_clone(repo: DvcRepo, tmp_path: P
 
 
 def test_queued_sweep_runs_every_arch_and_compares_them(repo: DvcRepo) -> None:
-    """The README's sweep: one queued experiment per arch, run by `dvc queue start`, compared with
-    each other and with the baseline in every declared plot, and one brought into the workspace."""
+    """The sweep of docs/experiments.md: one queued experiment per arch, run by `dvc queue start`,
+    compared with each other and with the baseline in every declared plot, and one brought into the
+    workspace."""
     repo.dvc("exp", "run", "--queue", "-S", "model.arch=resnet18,mobilenet_v3_small", "-S", "train.epochs=1")
     repo.dvc("queue", "start", "--jobs", "1")
     deadline = time.monotonic() + 600
@@ -461,7 +462,7 @@ def test_bad_param_stops_with_one_line_naming_the_key(repo: DvcRepo) -> None:
 
 @pytest.mark.real_data
 def test_real_photos_offline_experiment(tmp_path: Path, real_photos: Path, real_weights: Path) -> None:
-    """The README's offline command on the real photos: a local copy of them and of MobileNetV2's
+    """The offline command of docs/offline.md on the real photos: a local copy of them and of MobileNetV2's
     ImageNet weights; the backbone frozen, its features computed once, a linear head trained on
     them; every stage. A test accuracy that only pretrained features give, and an int8 model from
     the default search that the gate passes, its rule recomputed from the counts it records."""
