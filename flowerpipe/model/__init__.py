@@ -1,0 +1,1 @@
+"""Torch-side models: architectures by name, building and loading them, tensor transforms, inference."""

@@ -1,0 +1,1 @@
+"""Metrics from predictions, and the figures of the plot stage."""
