@@ -274,7 +274,8 @@ def test_every_augment_that_params_yaml_accepts_runs_on_training_images() -> Non
     accepted, refused = 0, 0
     torch.manual_seed(0)
     for step in _augment_corpus():
-        params = {"data": {"image_size": size}, "train": {"augment": [step]}}
+        # training crops of `size`, the size build_augment makes below
+        params = {"data": {"image_size": size}, "train": {"image_scale": 1.0, "augment": [step]}}
         try:
             config_from_dict(params)
         except ConfigError as exc:
