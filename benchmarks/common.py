@@ -129,6 +129,10 @@ def prepared(photos: Path, work: Path, resize: int) -> Prepared:
     return load_prepared(folder)
 
 
+# What the reference training loop does, as TrainConfig keys over the shipped recipe: full-size
+# crops, every layer learning from the first step, no moving average of the weights.
+LIKE_THE_REFERENCE = {"image_scale": 1.0, "head_epochs": 0, "ema_decay": 0.0}
+
 # The CPU features that decide bf16 training speed and int8 kernels (VNNI, AMX), from lscpu's list.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 

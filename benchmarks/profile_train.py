@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from common import arguments, prepared
+from common import LIKE_THE_REFERENCE, arguments, prepared
 
 from flowerpipe.config import TrainConfig
 from flowerpipe.deploy.preprocess import resize_size
@@ -23,7 +23,7 @@ def main() -> None:
     args = parser.parse_args()
     data = prepared(args.photos, args.work, resize_size(args.size, 0.875))
     train_idx = np.sort(np.random.default_rng(0).permutation(data.indices("train"))[: args.images])
-    cfg = TrainConfig(epochs=1, batch_size=32, freeze=args.freeze)
+    cfg = TrainConfig(epochs=1, batch_size=32, freeze=args.freeze, **LIKE_THE_REFERENCE)
     model = build_model("resnet18", None, len(data.classes), seed=0)
     device = resolve_device("auto")
     split = {"images": data.images, "labels": data.labels, "train_idx": train_idx, "val_idx": train_idx[:32]}

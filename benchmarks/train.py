@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import torch
-from common import arguments, prepared, report
+from common import LIKE_THE_REFERENCE, arguments, prepared, report
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets
 from torchvision import transforms as T
@@ -70,7 +70,7 @@ def baseline_images_per_second(
 
 def flowerpipe_images_per_second(data, train_idx: np.ndarray, size: int, freeze: str, batch: int) -> float:
     """flowerpipe's `fit` for three epochs; the median images/s of the last two (the first warms up)."""
-    cfg = TrainConfig(epochs=3, batch_size=batch, freeze=freeze)  # the default augmentation
+    cfg = TrainConfig(epochs=3, batch_size=batch, freeze=freeze, **LIKE_THE_REFERENCE)  # default augmentation
     model = build_model("resnet18", None, len(data.classes), seed=0)
     result = fit(
         model,
@@ -89,7 +89,7 @@ def frozen_ten_epochs(data, size: int, batch: int) -> dict[str, float]:
     """Seconds of `fit` for 10 frozen-backbone epochs without augmentation on the whole train split
     (val included), and of one fp32 forward pass over the train split (flowerpipe's inference)."""
     train_idx, val_idx = data.indices("train"), data.indices("val")
-    cfg = TrainConfig(epochs=10, batch_size=batch, freeze="backbone", augment=[])
+    cfg = TrainConfig(epochs=10, batch_size=batch, freeze="backbone", augment=[], **LIKE_THE_REFERENCE)
     model = build_model("resnet18", None, len(data.classes), seed=0)
     start = time.perf_counter()
     fit(

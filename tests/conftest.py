@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
@@ -23,6 +23,8 @@ from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
     import torch
+
+    from flowerpipe.config import TrainConfig
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("daisy", "dandelion", "roses")
@@ -64,6 +66,29 @@ def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
     return [
         {k: v for k, v in h.items() if k not in ("epoch_seconds", "train_images_per_second")} for h in history
     ]
+
+
+# The training recipe of one mechanism at a time: one rate for every layer from the first step, no
+# warm-up, label smoothing, head-only epochs, weight average or smaller training crops. It was the
+# config's defaults before they became params.yaml's fine-tuning recipe; tests of a mechanism start
+# from it and turn on only what they test.
+PLAIN_TRAIN: dict[str, Any] = {
+    "lr": 0.001,
+    "scheduler": "none",
+    "warmup_epochs": 0,
+    "label_smoothing": 0.0,
+    "backbone_lr_factor": 1.0,
+    "head_epochs": 0,
+    "ema_decay": 0.0,
+    "image_scale": 1.0,
+}
+
+
+def plain_train(**values: Any) -> TrainConfig:
+    """A TrainConfig of PLAIN_TRAIN with `values` set over it."""
+    from flowerpipe.config import TrainConfig  # the config needs torch; the deploy tests have none
+
+    return TrainConfig(**{**PLAIN_TRAIN, **values})
 
 
 SMALL = {

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
+from conftest import PLAIN_TRAIN
 
 from flowerpipe.config import config_from_dict
 from flowerpipe.core.errors import ConfigError
@@ -59,7 +60,8 @@ def test_family_trains_freezes_and_exports(
     and no augmentation only the head learns (on features computed once, or through the whole
     model where the head is not the last step); the ONNX file matches PyTorch."""
     caplog.set_level(logging.INFO, logger="flowerpipe")
-    cfg = config_from_dict({"data": {"image_size": side}, "model": {"arch": arch, "weights": None}})
+    params = {"data": {"image_size": side}, "model": {"arch": arch, "weights": None}}
+    cfg = config_from_dict({**params, "train": PLAIN_TRAIN})  # every layer learns in the one step
     one_step = replace(cfg.train, epochs=1, batch_size=8, precision="fp32")  # RegNet diverges on 4
     images, labels = photos(side, 12)
     train, val = np.arange(8), np.arange(8, 12)
@@ -110,12 +112,13 @@ def test_the_side_rule_is_exact(arch: str) -> None:
             with pytest.raises((RuntimeError, AssertionError)):  # a layer's shape check, or ViT's own
                 model(torch.zeros(1, 3, size, size))
             with pytest.raises(ConfigError, match=f"model.arch: {arch} (needs|takes only)"):
-                config_from_dict({"data": {"image_size": size}, "model": {"arch": arch, "weights": None}})
+                params = {"data": {"image_size": size}, "model": {"arch": arch, "weights": None}}
+                config_from_dict({**params, "train": PLAIN_TRAIN})  # training crops of that size too
 
 
 def refusal(arch: str, size: int = 224, scale: float = 1.0, weights: str | None = None) -> str:
     with pytest.raises(ConfigError) as caught:
-        params = {"data": {"image_size": size}, "train": {"image_scale": scale}}
+        params = {"data": {"image_size": size}, "train": {**PLAIN_TRAIN, "image_scale": scale}}
         config_from_dict({**params, "model": {"arch": arch, "weights": weights}})
     (line,) = str(caught.value).splitlines()
     return line
@@ -134,7 +137,11 @@ def test_a_fixed_side_model_names_the_side_it_needs() -> None:
         "takes only 384 px inputs: it needs data.image_size 384 (got 224 px, training crops 224 px)"
     )
     config_from_dict(
-        {"data": {"image_size": 384}, "model": {"arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"}}
+        {
+            "data": {"image_size": 384},
+            "model": {"arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"},
+            "train": PLAIN_TRAIN,
+        }
     )
 
 
@@ -158,7 +165,7 @@ def test_a_model_with_a_smallest_side_names_it() -> None:
         "params.yaml: model.arch: inception_v3 needs training crops >= 75 px "
         "(data.image_size x train.image_scale gives 48)"
     )
-    config_from_dict({"data": {"image_size": 75}, "model": {"arch": "inception_v3"}})
+    config_from_dict({"data": {"image_size": 75}, "model": {"arch": "inception_v3"}, "train": PLAIN_TRAIN})
 
 
 def test_regnet_keeps_its_last_strided_grouped_convolution_off_a_one_pixel_map() -> None:
@@ -187,7 +194,8 @@ def test_every_other_model_is_accepted_at_its_smallest_side() -> None:
     for arch in tvm.list_models(module=tvm):
         side, _ = input_side(arch, None)
         try:
-            config_from_dict({"data": {"image_size": side}, "model": {"arch": arch, "weights": None}})
+            params = {"data": {"image_size": side}, "model": {"arch": arch, "weights": None}}
+            config_from_dict({**params, "train": PLAIN_TRAIN})  # training crops of that side too
         except ConfigError:
             refused.append(arch)
     assert refused == ["regnet_y_128gf", "vit_h_14"]

@@ -1,4 +1,5 @@
-"""params.yaml -> Config: defaults, coercion, and one ConfigError naming the key for each bad value."""
+"""params.yaml -> Config: defaults (the values params.yaml ships), coercion, and one ConfigError
+naming the key for each bad value."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def test_empty_mapping_gives_defaults() -> None:
     assert cfg.model.arch == "resnet18"
     assert cfg.model.weights == "DEFAULT"
     assert cfg.train.epochs == 10
-    assert cfg.train.lr == pytest.approx(0.001)
+    assert cfg.train.lr == pytest.approx(0.01)
     assert cfg.train.device == "auto"
     assert cfg.split.val + cfg.split.test < 1
     assert [next(iter(step)) for step in cfg.train.augment] == ["RandomResizedCrop", "RandomHorizontalFlip"]
@@ -274,7 +275,8 @@ def test_every_augment_that_params_yaml_accepts_runs_on_training_images() -> Non
     accepted, refused = 0, 0
     torch.manual_seed(0)
     for step in _augment_corpus():
-        params = {"data": {"image_size": size}, "train": {"augment": [step]}}
+        # training crops of `size`, the size build_augment makes below
+        params = {"data": {"image_size": size}, "train": {"image_scale": 1.0, "augment": [step]}}
         try:
             config_from_dict(params)
         except ConfigError as exc:
@@ -287,3 +289,56 @@ def test_every_augment_that_params_yaml_accepts_runs_on_training_images() -> Non
             assert out.dtype == torch.uint8 and out.shape == (4, 3, size, size), step
         accepted += 1
     assert accepted > 50 and refused > 200  # both sides of the corpus are exercised
+
+
+# --- one source of defaults --------------------------------------------------------------------------
+
+
+def _leaves(mapping: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Every key of a nested mapping, dotted (`train.lr`), with its value; a list is one value."""
+    leaves = {}
+    for name, value in mapping.items():
+        if isinstance(value, dict):
+            leaves |= _leaves(value, f"{prefix}{name}.")
+        else:
+            leaves[f"{prefix}{name}"] = value
+    return leaves
+
+
+# every key params.yaml sets, nested sections included
+SHIPPED = sorted(_leaves(yaml.safe_load((REPO / "params.yaml").read_text(encoding="utf-8"))))
+
+
+def _keys_of(path: Path) -> dict[str, Any]:
+    return _leaves(dataclasses.asdict(load_config(path)))
+
+
+@pytest.fixture(scope="module")
+def shipped() -> dict[str, Any]:
+    """Every key of the config loaded from params.yaml (values as the loader reads them: 1e-5 too)."""
+    return _keys_of(REPO / "params.yaml")
+
+
+@pytest.fixture(scope="module")
+def left_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Every key of the config loaded from a params file that sets none."""
+    path = tmp_path_factory.mktemp("empty") / "params.yaml"
+    path.write_text("# every key left out\n")
+    return _keys_of(path)
+
+
+@pytest.mark.parametrize("key", SHIPPED)
+def test_a_key_left_out_of_params_yaml_takes_the_value_it_ships(
+    key: str, shipped: dict[str, Any], left_out: dict[str, Any]
+) -> None:
+    """Deleting a key from params.yaml keeps the recipe: the config has one set of defaults."""
+    assert key in left_out, f"{key} is in params.yaml but no field of the config"
+    assert left_out[key] == shipped[key], (
+        f"{key}: default {left_out[key]!r}, params.yaml ships {shipped[key]!r}"
+    )
+
+
+def test_every_config_field_is_in_params_yaml(left_out: dict[str, Any]) -> None:
+    """No hidden key: each setting of the config is one params.yaml shows and a user can change."""
+    assert sorted(set(left_out) - set(SHIPPED)) == []
+    assert config_from_dict({}) == Config() == load_config(REPO / "params.yaml")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
-from conftest import make_photos, without_timings
+from conftest import make_photos, plain_train, without_timings
 
 from flowerpipe.config import SplitConfig, TrainConfig
 from flowerpipe.core.errors import ConfigError
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 RESIZE, IMAGE_SIZE = 40, 32
 CPU = torch.device("cpu")
-CFG = TrainConfig(epochs=2, batch_size=16, lr=0.01, precision="fp32", device="cpu", seed=0)
+CFG = plain_train(epochs=2, batch_size=16, lr=0.01, precision="fp32", device="cpu", seed=0)
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_same_seed_gives_the_same_run(prepared: Prepared, first_run) -> None:
 
 def test_other_seed_gives_another_run(prepared: Prepared, first_run) -> None:
     first, _ = first_run
-    _, other = run_fit(prepared, TrainConfig(epochs=1, batch_size=16, lr=0.01, device="cpu", seed=1))
+    _, other = run_fit(prepared, plain_train(epochs=1, batch_size=16, lr=0.01, device="cpu", seed=1))
     assert first.history[0]["train/loss"] != other.history[0]["train/loss"]
 
 
@@ -108,7 +108,7 @@ def test_train_seed_drives_the_head_init(prepared: Prepared, tmp_path: Path) -> 
     runs = []
     for global_state in (1, 2):  # whatever happened to the global RNG before the stage built the model
         torch.manual_seed(global_state)
-        one_epoch = TrainConfig(epochs=1, batch_size=16, lr=0.01, device="cpu", seed=0)
+        one_epoch = plain_train(epochs=1, batch_size=16, lr=0.01, device="cpu", seed=0)
         model = build_model("resnet18", str(backbone), len(prepared.classes), seed=one_epoch.seed)
         runs.append(run_fit(prepared, one_epoch, model=model)[1])
     assert without_timings(runs[0].history) == without_timings(runs[1].history)
