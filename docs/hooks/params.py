@@ -27,7 +27,7 @@ SEE = {
 }
 
 # params.yaml's comments point at sections of the README that now live on these pages.
-README_SECTIONS = {"Models": "models.md", "the int8 gate": "int8.md#the-int8-gate"}
+DOCS_SECTIONS = {"Models": "models.md", "the int8 gate": "int8.md#the-int8-gate"}
 
 
 def split_comment(text: str) -> tuple[str, str]:
@@ -79,11 +79,11 @@ def shipped(written: str, value: object) -> str:
 
 
 def cell(text: str) -> str:
-    """Text as a table cell: pipes escaped, a pointer to a README section made a link to its page."""
+    """Text as a table cell: pipes escaped, a pointer to a docs section made a link to it."""
     if not text:
         return "—"
-    for name, target in README_SECTIONS.items():
-        text = text.replace(f"README: {name}", f"see [{name}]({target})")
+    for name, target in DOCS_SECTIONS.items():
+        text = text.replace(f"docs: {name}", f"see [{name}]({target})")
     return text.replace("|", "\\|")
 
 
