@@ -155,7 +155,9 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, 
         yield from sorted(found) if found else [(str(path), None)]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities softmax(logits / temperature), one row per image."""
+    z = logits / temperature if temperature != 1.0 else logits
+    z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
