@@ -1,14 +1,36 @@
-"""evaluate: score the best model on the held-out test split (and on val, labelled)."""
+"""evaluate: score the best model on the held-out test split (and on val, labelled), and fit on
+val the temperature that calibrates its probabilities."""
+
+import numpy as np
 
 from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_csv, write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy.predict import softmax
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
+from flowerpipe.report.calibration import calibration_scores, fit_temperature, reliability_bins
 from flowerpipe.report.metrics import classification_metrics, prediction_rows
+
+
+def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
+    """Fit the temperature on val's (logits, labels), write it and the test reliability bins, and
+    return the temperature with each split's scores before and after it."""
+    temperature = fit_temperature(*scored["val"])
+    write_json("results/evaluate/calibration.json", {"temperature": temperature, "fitted_on": "val"})
+    logits, labels = scored["test"]
+    bins = {
+        when: reliability_bins(softmax(logits, t), labels)
+        for when, t in (("before", 1.0), ("after", temperature))
+    }
+    write_json("results/evaluate/reliability.json", {"temperature": temperature, **bins})
+    return {
+        "temperature": temperature,
+        **{split: calibration_scores(*pair, temperature) for split, pair in scored.items()},
+    }
 
 
 def main() -> None:
@@ -24,7 +46,9 @@ def main() -> None:
             model, images, meta["image_size"], batch_size=cfg.evaluate.batch_size, device=device
         )
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
-    write_json("results/evaluate/metrics.json", {split: r[2] for split, r in results.items()})
+    calibration = calibrate({split: (r[1], data.labels[r[0]]) for split, r in results.items()})
+    metrics = {split: r[2] for split, r in results.items()}
+    write_json("results/evaluate/metrics.json", {**metrics, "calibration": calibration})
 
     idx, logits, _, per_class = results["test"]
     paths = [data.rows[i]["relpath"] for i in idx]

@@ -1,6 +1,7 @@
-"""plot: PNG figures of the training curves, the test confusion matrix and the most confidently
-wrong test photos."""
+"""plot: PNG figures of the training curves, the test confusion matrix, the most confidently
+wrong test photos and the test reliability diagram before and after temperature scaling."""
 
+import json
 from pathlib import Path
 
 from flowerpipe.config import load_config
@@ -15,6 +16,7 @@ from flowerpipe.report.plots import (
     prediction_confusion,
     read_history,
     read_predictions,
+    reliability_figure,
 )
 
 
@@ -24,10 +26,12 @@ def main() -> None:
     data = load_prepared("data/prepared")
     index = {r["relpath"]: i for i, r in enumerate(data.rows)}
     wrong = most_confident_mistakes(rows)
+    reliability = json.loads(Path("results/evaluate/reliability.json").read_text())
     figures = {
         "curves.png": curves_figure(read_history("results/train/plots/metrics")),
         "confusion.png": confusion_figure(prediction_confusion(rows, classes), classes),
         "mistakes.png": mistakes_figure([data.images[index[r["path"]]] for r in wrong], wrong),
+        "reliability.png": reliability_figure(reliability, reliability["temperature"]),
     }
     for name, figure in figures.items():
         with atomic_path(Path("results/plots") / name) as tmp:

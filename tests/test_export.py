@@ -147,6 +147,12 @@ def test_metadata_without_provenance() -> None:
     assert "git_commit" not in meta
     assert all(isinstance(v, str) for v in meta.values())
     assert json.loads(meta["classes"]) == list(CLASSES)
+    assert meta["temperature"] == "1.0"  # uncalibrated unless evaluate's temperature is given
+
+
+def test_metadata_carries_the_temperature() -> None:
+    meta = export.onnx_metadata(list(CLASSES), "vgg11", 224, 256, temperature=1.7)
+    assert float(meta["temperature"]) == 1.7
 
 
 def test_parity_inputs_are_the_photos_a_batch_at_a_time_then_seeded_noise(images: np.ndarray) -> None:

@@ -66,6 +66,7 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         "results/plots/curves.png",
         "results/plots/confusion.png",
         "results/plots/mistakes.png",
+        "results/plots/reliability.png",
     ):
         assert (repo.path / out).stat().st_size > 0, out
 
@@ -79,6 +80,18 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         metrics = repo.json("results/evaluate/metrics.json")[split]
         assert set(metrics["per_class"]) == {"daisy", "dandelion", "roses"}
         assert {"precision", "recall", "f1", "support"} == set(metrics["per_class"]["roses"])
+    # temperature scaling: fitted on val, scored before and after on both splits, accuracy untouched
+    calibration = repo.json("results/evaluate/metrics.json")["calibration"]
+    temperature = repo.json("results/evaluate/calibration.json")["temperature"]
+    assert calibration["temperature"] == temperature > 0
+    for split in ("test", "val"):
+        assert set(calibration[split]) == {
+            f"{m}_{w}" for m in ("ece", "nll", "brier") for w in ("before", "after")
+        }
+    assert calibration["val"]["nll_after"] <= calibration["val"]["nll_before"]
+    assert calibration["test"]["nll_before"] == pytest.approx(test["loss"], rel=1e-4)
+    headline = "images accuracy top2_accuracy loss ece macro_precision macro_recall macro_f1 per_class"
+    assert set(test) == set(headline.split())  # the keys from before calibration, unchanged
     parity = repo.json("results/export/metrics.json")["parity"]
     assert parity["within_tolerance"] and parity["top1_agreement"] == 1.0
 
@@ -103,11 +116,13 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert int8["faster_than_fp32"] == (int8["batch1_speedup_over_onnxruntime_fp32"] > 1)
     int8_meta = ort.InferenceSession(str(repo.path / "models/model.int8.onnx")).get_modelmeta()
     assert json.loads(int8_meta.custom_metadata_map["quantization_settings"]) == int8["chosen"]
+    assert float(int8_meta.custom_metadata_map["temperature"]) == temperature
 
     session = ort.InferenceSession(str(repo.path / "models/model.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["daisy", "dandelion", "roses"]
     assert meta["arch"] == "resnet18" and meta["image_size"] == "32"
+    assert float(meta["temperature"]) == temperature  # predict and serve divide the logits by it
     assert meta["git_commit"] == repo.run("git", "rev-parse", "HEAD~1").stdout.strip()  # before "first run"
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
     trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/best.pt")
@@ -121,6 +136,8 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert config["train"]["epochs"] == 2 and config["train"]["scheduler"] == "warmup_cosine"
     shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
     assert next(iter(shown.values()))["data"]["results/train/run.json"]["data"]["data_sha256"] == manifest
+    shown_evaluate = next(iter(shown.values()))["data"]["results/evaluate/metrics.json"]["data"]
+    assert shown_evaluate["calibration"]["temperature"] == temperature
     logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
     assert logits.shape == (3, 3)
 
@@ -134,6 +151,8 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
 
     answers = predict("models/model.onnx")
     assert [answer["label"] for answer in answers] == [r["predicted"] for r in rows]
+    right_fp32 = [r["actual"] == r["predicted"] for r in rows]
+    assert np.mean(right_fp32) == pytest.approx(test["accuracy"])  # the temperature moved no label
     # and the int8 model the same way: answers of the same form, right as often as quantize measured
     int8_answers = predict("models/model.int8.onnx")
     assert [set(answer) for answer in int8_answers] == [set(answer) for answer in answers]
@@ -158,7 +177,11 @@ def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
     plots = json.loads(repo.dvc("plots", "show", "--json").stdout)["data"]
     declared = ("Loss", "Accuracy", "Learning rate", "results/evaluate/confusion.json", "F1 per class (test)")
     assert set(declared) <= set(plots)
-    assert {"results/plots/curves.png", "results/plots/confusion.png"} <= set(plots)
+    assert {
+        "results/plots/curves.png",
+        "results/plots/confusion.png",
+        "results/plots/reliability.png",
+    } <= set(plots)
     for name in declared:
         assert plots[name][0]["content"]["data"]["values"], f"plot {name} has no data"
     for name in ("Loss", "Accuracy"):  # train and val in one plot

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flowerpipe.deploy.predict import softmax
+from flowerpipe.report.calibration import fit_temperature, reliability_bins
 from flowerpipe.report.metrics import prediction_rows
 from flowerpipe.report.plots import (
     confusion_figure,
@@ -17,6 +19,7 @@ from flowerpipe.report.plots import (
     prediction_confusion,
     read_history,
     read_predictions,
+    reliability_figure,
 )
 
 CLASSES = ["daisy", "roses", "tulips"]
@@ -84,3 +87,20 @@ def test_confusion_figure_shows_counts_and_row_shares() -> None:
     texts = [t.get_text() for t in figure.axes[0].texts]
     assert texts == ["3\n75%", "1\n25%", "0\n0%", "4\n100%"]
     assert "accuracy 87.5%" in titles(figure)[0]
+
+
+def test_reliability_figure_draws_both_curves_over_the_diagonal(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 6, (600, 5))  # overconfident: labels drawn at temperature 3
+    labels = (rng.random((600, 1)) > np.cumsum(softmax(logits, 3.0), axis=1)).sum(axis=1)
+    t = fit_temperature(logits, labels)
+    bins = {w: reliability_bins(softmax(logits, temp), labels) for w, temp in (("before", 1.0), ("after", t))}
+    figure = reliability_figure(bins, t)
+    top = figure.axes[0]
+    assert top.get_lines()[0].get_label() == "calibrated"
+    assert [tuple(v) for v in top.get_lines()[0].get_xydata()] == [(0, 0), (1, 1)]
+    legend = [text.get_text() for text in top.get_legend().get_texts()]
+    assert legend[1].startswith("softmax(logits): ECE") and legend[2].startswith(f"softmax(logits / {t:.2f})")
+    assert f"temperature {t:.2f}" in titles(figure)[0]
+    figure.savefig(tmp_path / "reliability.png", format="png")
+    assert (tmp_path / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

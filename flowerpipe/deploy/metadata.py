@@ -15,9 +15,11 @@ def onnx_metadata(
     image_size: int,
     resize_size: int,
     provenance: Mapping[str, str] | None = None,
+    temperature: float = 1.0,
 ) -> dict[str, str]:
     """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
-    `provenance` (where the model came from: commit, experiment, weights hash)."""
+    `provenance` (where the model came from: commit, experiment, weights hash). `temperature` is
+    the one evaluate fitted: the file computes logits, and predict answers softmax(logits / T)."""
     return {
         "classes": json.dumps(classes),
         "arch": arch,
@@ -29,5 +31,6 @@ def onnx_metadata(
         "layout": "NCHW float32 RGB",
         "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
         "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
+        "temperature": repr(float(temperature)),
         **(provenance or {}),
     }

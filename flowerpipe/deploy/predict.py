@@ -1,7 +1,8 @@
 """Classify photos with an exported ONNX model: onnxruntime, numpy and Pillow only, never torch.
 
-Everything the model needs besides its weights (class names, resize and crop sizes, mean and std)
-is read from the file's metadata, so the one `.onnx` file is the whole deployment:
+Everything the model needs besides its weights (class names, resize and crop sizes, mean and std,
+and the temperature that calibrates its probabilities) is read from the file's metadata, so the one
+`.onnx` file is the whole deployment:
 
     >>> predictor = Predictor("models/model.onnx")
     >>> predictor.predict(["rose.jpg"])[0]["label"]
@@ -36,6 +37,19 @@ def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read
     if not isinstance(value, kind):
         raise ModelError(
             f"{path}: metadata {key} is not readable ({meta[key][:40]!r}); export it with flowerpipe"
+        )
+    return value
+
+
+def _temperature(path: str | os.PathLike[str], meta: dict[str, str]) -> float:
+    """The metadata `temperature` that evaluate fitted (1.0 in a file exported before there was
+    one); a ModelError naming the file and the key unless it is a positive finite number."""
+    if "temperature" not in meta:
+        return 1.0
+    value = _metadata(path, meta, "temperature", float, float)
+    if not 0 < value < float("inf"):
+        raise ModelError(
+            f"{path}: metadata temperature must be a positive number, not {meta['temperature']!r}"
         )
     return value
 
@@ -76,6 +90,7 @@ class Predictor:
         self.resize_size: int = _metadata(model_path, meta, "resize_size", int, int)
         self.mean: list[float] = _metadata(model_path, meta, "mean", json.loads, list)
         self.std: list[float] = _metadata(model_path, meta, "std", json.loads, list)
+        self.temperature = _temperature(model_path, meta)
         self.input_name = self.session.get_inputs()[0].name
 
     def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
@@ -87,6 +102,10 @@ class Predictor:
         """Logits for uint8 NHWC crops of `image_size`."""
         return self.session.run(None, {self.input_name: to_model_input(crops, self.mean, self.std)})[0]
 
+    def probabilities(self, crops: np.ndarray) -> np.ndarray:
+        """Calibrated class probabilities, softmax(logits / temperature), for uint8 NHWC crops."""
+        return softmax(self.logits(crops), self.temperature)
+
     def predict(
         self, sources: Sequence[str | os.PathLike[str] | BinaryIO], top_k: int = 3
     ) -> list[dict[str, Any]]:
@@ -95,7 +114,7 @@ class Predictor:
 
     def answer(self, crops: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """Label, score and the `top_k` classes for each of the uint8 NHWC crops, in one model call."""
-        return [self._answer(p, top_k) for p in softmax(self.logits(crops))]
+        return [self._answer(p, top_k) for p in self.probabilities(crops)]
 
     def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:
         order = np.argsort(-probs, kind="stable")[: max(top_k, 1)]
@@ -133,7 +152,7 @@ class Predictor:
         self, batch: list[tuple[str, np.ndarray | str]], top_k: int
     ) -> Iterator[dict[str, Any]]:
         good = [crop for _, crop in batch if isinstance(crop, np.ndarray)]
-        probs = iter(softmax(self.logits(np.stack(good)))) if good else iter(())
+        probs = iter(self.probabilities(np.stack(good))) if good else iter(())
         for path, crop in batch:
             if isinstance(crop, str):
                 yield {"path": path, "error": crop}
@@ -155,7 +174,9 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, 
         yield from sorted(found) if found else [(str(path), None)]
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Class probabilities softmax(logits / temperature), one row per image."""
+    z = logits / temperature if temperature != 1.0 else logits
+    z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)

@@ -1,5 +1,6 @@
-"""Figures a person reads at a glance: training curves, a confusion matrix with counts, and the
-most confidently wrong test photos; and the readers of the files they are drawn from."""
+"""Figures a person reads at a glance: training curves, a confusion matrix with counts, the most
+confidently wrong test photos and a reliability diagram; and the readers of the files they are
+drawn from."""
 
 from __future__ import annotations
 
@@ -80,6 +81,37 @@ def mistakes_figure(
         ax.imshow(image)
         p = float(row[f"p_{row['predicted']}"])
         ax.set_title(f"true: {row['actual']}\npredicted: {row['predicted']} ({p:.0%})", fontsize=9)
+    return fig
+
+
+def reliability_figure(
+    bins: Mapping[str, Sequence[Mapping[str, float]]], temperature: float, split: str = "test"
+) -> Figure:
+    """Accuracy against mean confidence per confidence bin (`bins["before"]` and `bins["after"]`,
+    as `reliability_bins` gives them) over the diagonal a calibrated model follows, and below it how
+    many images fall in each bin."""
+    fig = Figure(figsize=(6.4, 6.4), layout="constrained")
+    top, bottom = fig.subplots(2, 1, height_ratios=(3, 1), sharex=True)
+    top.plot([0, 1], [0, 1], linestyle="--", color="grey", label="calibrated")
+    for when, label, colour in (
+        ("before", "logits", "tab:red"),
+        ("after", f"logits / {temperature:.2f}", "tab:blue"),
+    ):
+        rows = [r for r in bins[when] if r["images"] > 0]
+        total = max(sum(r["images"] for r in rows), 1)
+        ece = sum(r["images"] / total * abs(r["accuracy"] - r["confidence"]) for r in rows)
+        x, y = [r["confidence"] for r in rows], [r["accuracy"] for r in rows]
+        top.plot(x, y, marker="o", color=colour, label=f"softmax({label}): ECE {ece:.3f}")
+        edges = [r["lo"] for r in bins[when]] + [bins[when][-1]["hi"]]
+        counts = [r["images"] for r in bins[when]]
+        bottom.stairs(counts, edges, color=colour, label=when)
+    top.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="accuracy in the bin")
+    top.set_title(f"Reliability ({split} split): temperature {temperature:.2f}, fitted on val")
+    top.grid(alpha=0.3)
+    top.legend(loc="upper left")
+    bottom.set(xlabel="confidence (top-1 probability)", ylabel="images")
+    bottom.legend(loc="upper left")
+    bottom.grid(alpha=0.3)
     return fig
 
 

@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CLASSES, REPO, make_photos, unprivileged
 
@@ -191,3 +192,53 @@ def test_readme_snippet_answers_as_predict_does(onnx_model: Path, photos: Path, 
         assert done.returncode == 0, done.stderr
         answers.append((done.stdout.strip(), Predictor(onnx_model).predict([photo])[0]["label"]))
     assert all(printed == label for printed, label in answers)
+
+
+def with_temperature(onnx_model: Path, path: Path, value: str | None) -> Path:
+    """A copy of the model whose metadata temperature is `value` (None: a file without the key)."""
+    import onnx
+
+    model = onnx.load(str(onnx_model))
+    kept = [p for p in model.metadata_props if p.key != "temperature"]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    if value is not None:
+        model.metadata_props.add(key="temperature", value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_probabilities_are_softmax_of_logits_over_the_metadata_temperature(
+    onnx_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    files = sorted(photos.rglob("*.jpg"))[::4]
+    plain = Predictor(with_temperature(onnx_model, tmp_path / "plain.onnx", None))
+    warm = Predictor(with_temperature(onnx_model, tmp_path / "warm.onnx", "2.5"))
+    assert plain.temperature == 1.0 and warm.temperature == 2.5  # a file from before keeps working
+    crops = np.stack([warm.load(f) for f in files])
+    logits = warm.logits(crops).astype(np.float64)
+    np.testing.assert_array_equal(logits, plain.logits(crops))  # the file computes logits only
+    expected = np.exp(logits / 2.5) / np.exp(logits / 2.5).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(warm.probabilities(crops), expected, rtol=1e-5, atol=1e-7)
+    answers = warm.predict(files, top_k=len(CLASSES))
+    for answer, p in zip(answers, expected, strict=True):
+        assert answer["label"] == CLASSES[int(p.argmax())]
+        assert answer["score"] == pytest.approx(p.max(), abs=1e-6)
+        assert [t["score"] for t in answer["top_k"]] == pytest.approx(sorted(p, reverse=True), abs=1e-6)
+    # the same photos through the command: the temperature changes the scores, never the labels
+    cold = [json.loads(line) for line in predict_cli(tmp_path / "plain.onnx", *files).stdout.splitlines()]
+    hot = [json.loads(line) for line in predict_cli(tmp_path / "warm.onnx", *files).stdout.splitlines()]
+    assert [a["label"] for a in hot] == [a["label"] for a in cold]
+    assert [a["score"] for a in hot] == pytest.approx([a["score"] for a in answers], abs=1e-6)
+
+
+@pytest.mark.parametrize("value", ["warm", "0", "-1.5", "nan", "inf"])
+def test_a_bad_metadata_temperature_is_refused_in_one_line(
+    onnx_model: Path, tmp_path: Path, value: str
+) -> None:
+    path = with_temperature(onnx_model, tmp_path / "broken.onnx", value)
+    with pytest.raises(ModelError, match=f"^{path}: metadata temperature"):
+        Predictor(path)
+    done = predict_cli(path, tmp_path)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert done.stderr.strip().startswith(f"error: {path}: metadata temperature")
