@@ -17,7 +17,8 @@ def parser() -> argparse.ArgumentParser:
     predict = commands.add_parser(
         "predict",
         help="classify images with an exported ONNX model",
-        description="Print one JSON line per image: path, label, score and the top-k classes. "
+        description="Print one JSON line per image: path, label, score and the top-k classes; with a "
+        "model that has a reject_threshold also unknown and threshold (label null below it). "
         "An unreadable image gets a line with an error instead; the exit status is then 1.",
     )
     predict.add_argument("model", help=MODEL_HELP)

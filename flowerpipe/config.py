@@ -180,9 +180,12 @@ class TrainConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     batch_size: int = 64
+    keep_known: float | None = 0.95
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        keep = self.keep_known
+        _check(keep is None or 0 < keep <= 1, "evaluate.keep_known", "must be null or a number in (0, 1]")
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """evaluate: score the best model on the held-out test split (and on val, labelled), and fit on
-val the temperature that calibrates its probabilities."""
+val the temperature that calibrates its probabilities and the threshold below which a photo is
+answered "unknown"."""
 
 import numpy as np
 
@@ -12,15 +13,49 @@ from flowerpipe.deploy.predict import softmax
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
-from flowerpipe.report.calibration import calibration_scores, fit_temperature, reliability_bins
+from flowerpipe.report.calibration import (
+    REJECT_SCORE,
+    calibration_scores,
+    fit_temperature,
+    max_softmax,
+    reject_threshold,
+    rejection_scores,
+    reliability_bins,
+)
 from flowerpipe.report.metrics import classification_metrics, prediction_rows
 
 
-def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
-    """Fit the temperature on val's (logits, labels), write it and the test reliability bins, and
-    return the temperature with each split's scores before and after it."""
+def rejection(scored: dict[str, tuple[np.ndarray, np.ndarray]], temperature: float, keep: float) -> dict:
+    """The max_softmax threshold that keeps the share `keep` of val, and what it keeps of each split."""
+    threshold = reject_threshold(max_softmax(scored["val"][0], temperature), keep)
+    shares = {split: rejection_scores(*pair, temperature, threshold) for split, pair in scored.items()}
+    return {
+        "score": REJECT_SCORE,
+        "keep_known": keep,
+        "threshold": threshold,
+        "val_kept": shares["val"]["kept"],
+        "test_kept": shares["test"]["kept"],
+        "test_accuracy_kept": shares["test"]["accuracy_kept"],
+    }
+
+
+def calibrate(
+    scored: dict[str, tuple[np.ndarray, np.ndarray]], keep: float | None
+) -> tuple[dict, dict | None]:
+    """Fit the temperature (and, unless `keep` is None, the rejection threshold) on val's (logits,
+    labels), write them and the test reliability bins, and return the temperature with each split's
+    scores before and after it, and the rejection's scores."""
     temperature = fit_temperature(*scored["val"])
-    write_json("results/evaluate/calibration.json", {"temperature": temperature, "fitted_on": "val"})
+    reject = None if keep is None else rejection(scored, temperature, keep)
+    write_json(
+        "results/evaluate/calibration.json",
+        {
+            "temperature": temperature,
+            "fitted_on": "val",
+            "reject_score": reject and reject["score"],
+            "reject_threshold": reject and reject["threshold"],
+        },
+    )
     logits, labels = scored["test"]
     bins = {
         when: reliability_bins(softmax(logits, t), labels)
@@ -30,7 +65,7 @@ def calibrate(scored: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict:
     return {
         "temperature": temperature,
         **{split: calibration_scores(*pair, temperature) for split, pair in scored.items()},
-    }
+    }, reject
 
 
 def main() -> None:
@@ -46,9 +81,11 @@ def main() -> None:
             model, images, meta["image_size"], batch_size=cfg.evaluate.batch_size, device=device
         )
         results[split] = (idx, logits, *classification_metrics(logits, data.labels[idx], data.classes))
-    calibration = calibrate({split: (r[1], data.labels[r[0]]) for split, r in results.items()})
+    scored = {split: (r[1], data.labels[r[0]]) for split, r in results.items()}
+    calibration, reject = calibrate(scored, cfg.evaluate.keep_known)
     metrics = {split: r[2] for split, r in results.items()}
-    write_json("results/evaluate/metrics.json", {**metrics, "calibration": calibration})
+    unknown = {} if reject is None else {"reject": reject}
+    write_json("results/evaluate/metrics.json", {**metrics, "calibration": calibration, **unknown})
 
     idx, logits, _, per_class = results["test"]
     paths = [data.rows[i]["relpath"] for i in idx]

@@ -1,5 +1,5 @@
-"""export: write models/model.onnx (with evaluate's temperature in its metadata), verify it against
-PyTorch, and time it against PyTorch."""
+"""export: write models/model.onnx (with evaluate's temperature and rejection threshold in its
+metadata), verify it against PyTorch, and time it against PyTorch."""
 
 import os
 import subprocess
@@ -14,10 +14,11 @@ from flowerpipe.deploy.preprocess import center_crop
 from flowerpipe.export.latency import measure_latency
 from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
 from flowerpipe.model.build import load_trained
-from flowerpipe.report.calibration import read_temperature
+from flowerpipe.report.calibration import read_rejection, read_temperature
 
 MODEL = "models/model.onnx"
 WEIGHTS = "models/best.pt"
+CALIBRATION = "results/evaluate/calibration.json"
 
 
 def provenance(data_sha256: str | None) -> dict[str, str]:
@@ -46,7 +47,8 @@ def main() -> None:
         meta["image_size"],
         meta["resize_size"],
         provenance(meta.get("data_sha256")),
-        temperature=read_temperature("results/evaluate/calibration.json"),
+        temperature=read_temperature(CALIBRATION),
+        reject=read_rejection(CALIBRATION),
     )
     with atomic_path(MODEL) as tmp:
         export_onnx(model, tmp, meta["image_size"], metadata, opset=cfg.export.opset)

@@ -306,6 +306,27 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     return path
 
 
+def with_metadata(source: Path, path: Path, changes: dict[str, str | None]) -> Path:
+    """A copy of the ONNX file `source` at `path` with each metadata key of `changes` set to its
+    value, or removed where the value is None (the `onnx` package alone, no torch)."""
+    import onnx
+
+    model = onnx.load(str(source))
+    kept = [p for p in model.metadata_props if p.key not in changes]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in changes.items():
+        if value is not None:
+            model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def rejecting(source: Path, path: Path, threshold: float) -> Path:
+    """A copy of the ONNX file `source` that answers unknown below the max_softmax `threshold`."""
+    return with_metadata(source, path, {"reject_score": "max_softmax", "reject_threshold": repr(threshold)})
+
+
 def _colour_model(path: Path, metadata: dict[str, str]) -> None:
     """An ONNX classifier without torch: the mean of each colour channel, times a fixed matrix."""
     import onnx

@@ -16,8 +16,12 @@ from flowerpipe.report.calibration import (
     brier_score,
     calibration_scores,
     fit_temperature,
+    max_softmax,
     negative_log_likelihood,
+    read_rejection,
     read_temperature,
+    reject_threshold,
+    rejection_scores,
     reliability_bins,
 )
 from flowerpipe.report.metrics import classification_metrics, expected_calibration_error
@@ -119,3 +123,61 @@ def test_a_bad_calibration_file_is_refused_in_one_line_naming_it(tmp_path: Path,
 def test_a_missing_calibration_file_says_how_to_make_it(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="run `dvc repro evaluate`"):
         read_temperature(tmp_path / "calibration.json")
+
+
+# --- the "unknown" threshold ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("keep", [0.05, 0.5, 0.8, 0.9, 0.95, 0.99, 1.0])
+@pytest.mark.parametrize("count", [1, 7, 20, 1000])
+def test_the_threshold_keeps_the_requested_share_of_val(keep: float, count: int) -> None:
+    scores = np.random.default_rng(count).uniform(0.2, 1.0, count)  # distinct scores
+    threshold = reject_threshold(scores, keep)
+    kept = np.mean(scores >= threshold)
+    assert kept >= keep - 1e-12  # at least the share...
+    assert kept - 1 / count < keep - 1e-12 or kept == 1 / count  # ...and one photo fewer is not enough
+    assert threshold in scores  # a val photo's own score
+    assert (scores > threshold).sum() < math.ceil(round(keep * count, 9)) <= (scores >= threshold).sum()
+
+
+def test_the_threshold_on_exact_shares_and_ties() -> None:
+    twenty = np.arange(1, 21) / 20  # 0.05 ... 1.0
+    assert reject_threshold(twenty, 0.95) == 0.1  # 19 of 20 kept: 0.95 * 20 in floats is 19.000000000000004
+    assert reject_threshold(twenty, 1.0) == 0.05  # everything kept
+    assert reject_threshold(twenty, 0.01) == 1.0  # at least one photo is kept
+    tied = np.array([0.9, 0.9, 0.9, 0.9, 0.5, 0.5, 0.5, 0.3, 0.3, 0.1])
+    assert reject_threshold(tied, 0.2) == 0.9  # the 2nd highest is tied with two more: 4 of 10 kept
+    assert reject_threshold(tied, 0.5) == 0.5  # 7 of 10 kept, never fewer than asked
+    assert np.mean(tied >= reject_threshold(tied, 0.75)) == 0.9
+    assert reject_threshold(np.full(5, 0.4), 0.5) == 0.4  # all tied: all kept
+
+
+@pytest.mark.parametrize("keep", [0, -0.1, 1.5])
+def test_the_threshold_refuses_a_share_outside_0_1(keep: float) -> None:
+    with pytest.raises(ValueError, match="keep must be in"):
+        reject_threshold(np.array([0.5]), keep)
+    with pytest.raises(DataError, match="val split is empty"):
+        reject_threshold(np.array([]), 0.9)
+
+
+def test_the_score_is_the_calibrated_max_softmax_and_kept_accuracy_counts_kept_photos() -> None:
+    logits = np.array([[4.0, 0.0, 0.0], [1.0, 0.9, 0.8], [0.0, 3.0, 0.0], [0.0, 0.0, 0.1]])
+    labels = np.array([0, 1, 2, 2])
+    np.testing.assert_allclose(max_softmax(logits, 2.0), softmax(logits, 2.0).max(axis=1))
+    threshold = reject_threshold(max_softmax(logits, 2.0), 0.5)
+    assert threshold == max_softmax(logits, 2.0)[2]  # photos 0 and 2 are the surest
+    assert rejection_scores(logits, labels, 2.0, threshold) == {"kept": 0.5, "accuracy_kept": 0.5}
+    assert rejection_scores(logits, labels, 2.0, 1.0) == {"kept": 0.0, "accuracy_kept": None}
+
+
+def test_the_calibration_file_gives_its_rejection(tmp_path: Path) -> None:
+    path = tmp_path / "calibration.json"
+    path.write_text(json.dumps({"temperature": 1.7, "reject_score": "max_softmax", "reject_threshold": 0.6}))
+    assert read_rejection(path) == ("max_softmax", 0.6)
+    for off in ({"temperature": 1.7}, {"temperature": 1.7, "reject_score": None, "reject_threshold": None}):
+        path.write_text(json.dumps(off))
+        assert read_rejection(path) is None
+    for bad in ({"reject_score": "entropy", "reject_threshold": 0.6}, {"reject_score": "max_softmax"}):
+        path.write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=f"^{path}: reject_"):
+            read_rejection(path)

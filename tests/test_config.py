@@ -143,6 +143,12 @@ def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
         ({"train": {"image_scale": 1.2}}, "train.image_scale"),
         ({"train": {"image_scale": "small"}}, "train.image_scale"),
         ({"evaluate": {"batch_size": 0}}, "evaluate.batch_size"),
+        ({"evaluate": {"keep_known": 0}}, "evaluate.keep_known"),
+        ({"evaluate": {"keep_known": 1.01}}, "evaluate.keep_known"),
+        ({"evaluate": {"keep_known": -0.5}}, "evaluate.keep_known"),
+        ({"evaluate": {"keep_known": "most"}}, "evaluate.keep_known"),
+        ({"evaluate": {"keep_known": True}}, "evaluate.keep_known"),
+        ({"evaluate": {"keep_known": [0.9]}}, "evaluate.keep_known"),
         ({"plot": {"dpi": 10}}, "plot.dpi"),
         ({"export": {"opset": 11}}, "export.opset"),
         ({"export": {"min_top1_agreement": 1.5}}, "export.min_top1_agreement"),
@@ -159,6 +165,11 @@ def test_bad_value_names_its_key(raw: dict[str, Any], key: str) -> None:
     assert info.value.key == key
     assert f": {key}: " in str(info.value)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, None), (1, 1.0), (0.5, 0.5), ("0.99", 0.99)])
+def test_keep_known_is_null_or_a_share(value: Any, expected: float | None) -> None:
+    assert config_from_dict({"evaluate": {"keep_known": value}}).evaluate.keep_known == expected
 
 
 def test_unknown_key_lists_the_known_ones() -> None:

@@ -155,6 +155,13 @@ def test_metadata_carries_the_temperature() -> None:
     assert float(meta["temperature"]) == 1.7
 
 
+def test_metadata_carries_the_rejection_threshold_only_when_there_is_one() -> None:
+    meta = export.onnx_metadata(list(CLASSES), "vgg11", 224, 256, reject=("max_softmax", 0.625))
+    assert meta["reject_score"] == "max_softmax" and float(meta["reject_threshold"]) == 0.625
+    off = export.onnx_metadata(list(CLASSES), "vgg11", 224, 256)
+    assert "reject_score" not in off and "reject_threshold" not in off  # keep_known: null
+
+
 def test_parity_inputs_are_the_photos_a_batch_at_a_time_then_seeded_noise(images: np.ndarray) -> None:
     found = list(export.parity_inputs(images, IMAGE_SIZE, batch_size=4, seed=3))
     sizes = [min(4, len(images) - i) for i in range(0, len(images), 4)]

@@ -90,6 +90,13 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         }
     assert calibration["val"]["nll_after"] <= calibration["val"]["nll_before"]
     assert calibration["test"]["nll_before"] == pytest.approx(test["loss"], rel=1e-4)
+    # the "unknown" threshold: chosen on val to keep evaluate.keep_known of it, beside the temperature
+    reject = repo.json("results/evaluate/metrics.json")["reject"]
+    threshold = repo.json("results/evaluate/calibration.json")["reject_threshold"]
+    assert repo.json("results/evaluate/calibration.json")["reject_score"] == reject["score"] == "max_softmax"
+    assert reject["threshold"] == threshold and 0 <= threshold <= 1 and reject["keep_known"] == 0.95
+    assert 0.95 <= reject["val_kept"] <= 1 and 0 <= reject["test_kept"] <= 1
+    assert reject["test_accuracy_kept"] is None or 0 <= reject["test_accuracy_kept"] <= 1
     headline = "images accuracy top2_accuracy loss ece macro_precision macro_recall macro_f1 per_class"
     assert set(test) == set(headline.split())  # the keys from before calibration, unchanged
     parity = repo.json("results/export/metrics.json")["parity"]
@@ -117,12 +124,14 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     int8_meta = ort.InferenceSession(str(repo.path / "models/model.int8.onnx")).get_modelmeta()
     assert json.loads(int8_meta.custom_metadata_map["quantization_settings"]) == int8["chosen"]
     assert float(int8_meta.custom_metadata_map["temperature"]) == temperature
+    assert float(int8_meta.custom_metadata_map["reject_threshold"]) == threshold  # quantize copies it
 
     session = ort.InferenceSession(str(repo.path / "models/model.onnx"), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["classes"]) == ["daisy", "dandelion", "roses"]
     assert meta["arch"] == "resnet18" and meta["image_size"] == "32"
     assert float(meta["temperature"]) == temperature  # predict and serve divide the logits by it
+    assert meta["reject_score"] == "max_softmax" and float(meta["reject_threshold"]) == threshold
     assert meta["git_commit"] == repo.run("git", "rev-parse", "HEAD~1").stdout.strip()  # before "first run"
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
     trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/best.pt")
@@ -150,14 +159,25 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         return [json.loads(line) for line in done.stdout.splitlines()]
 
     answers = predict("models/model.onnx")
-    assert [answer["label"] for answer in answers] == [r["predicted"] for r in rows]
+    assert [answer["top_k"][0]["label"] for answer in answers] == [r["predicted"] for r in rows]
+    for answer in answers:  # below the threshold: no label, the classes still listed
+        assert answer["threshold"] == threshold
+        assert answer["unknown"] == (answer["label"] is None)
+        if abs(answer["score"] - threshold) > 1e-6:  # the score is rounded to 6 places
+            assert answer["unknown"] == (answer["score"] < threshold)
     right_fp32 = [r["actual"] == r["predicted"] for r in rows]
     assert np.mean(right_fp32) == pytest.approx(test["accuracy"])  # the temperature moved no label
     # and the int8 model the same way: answers of the same form, right as often as quantize measured
     int8_answers = predict("models/model.int8.onnx")
     assert [set(answer) for answer in int8_answers] == [set(answer) for answer in answers]
-    right = [answer["label"] == row["actual"] for answer, row in zip(int8_answers, rows, strict=True)]
+    right = [a["top_k"][0]["label"] == row["actual"] for a, row in zip(int8_answers, rows, strict=True)]
     assert np.mean(right) == pytest.approx(int8["test_accuracy"]["int8"])
+    # int8 rejects the same photos, except those whose fp32 score is within a margin of the threshold
+    # (int8 moves a probability by up to a few hundredths on this model)
+    margin = 0.05
+    for a, b in zip(answers, int8_answers, strict=True):
+        if abs(a["score"] - threshold) > margin:
+            assert a["unknown"] == b["unknown"], (a, b)
 
     again = repo.dvc("repro")
     assert stages_run(again.stdout) == []

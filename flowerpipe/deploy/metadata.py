@@ -16,10 +16,14 @@ def onnx_metadata(
     resize_size: int,
     provenance: Mapping[str, str] | None = None,
     temperature: float = 1.0,
+    reject: tuple[str, float] | None = None,
 ) -> dict[str, str]:
     """What a deployment needs besides the weights, as ONNX `metadata_props` (JSON strings), plus
     `provenance` (where the model came from: commit, experiment, weights hash). `temperature` is
-    the one evaluate fitted: the file computes logits, and predict answers softmax(logits / T)."""
+    the one evaluate fitted: the file computes logits, and predict answers softmax(logits / T).
+    `reject` is evaluate's (rule, threshold): a photo whose score is below it is answered unknown;
+    None (rejection off) writes neither `reject_score` nor `reject_threshold`."""
+    rule = {} if reject is None else {"reject_score": reject[0], "reject_threshold": repr(float(reject[1]))}
     return {
         "classes": json.dumps(classes),
         "arch": arch,
@@ -32,5 +36,6 @@ def onnx_metadata(
         "preprocessing": "RGB, EXIF-upright; resize the short side to resize_size (bilinear) and "
         "centre-crop a square; centre-crop image_size; x / 255; (x - mean) / std; NCHW float32",
         "temperature": repr(float(temperature)),
+        **rule,
         **(provenance or {}),
     }

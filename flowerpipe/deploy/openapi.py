@@ -6,10 +6,16 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field
+from pydantic.json_schema import SkipJsonSchema
 
 REVISION = "the first 12 hex digits of the model file's sha256"
 BINARY = {"schema": {"type": "string", "format": "binary"}}
 RAW_TYPES = ("image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff")
+
+
+def _absent_by_default(schema: dict[str, Any]) -> None:
+    """A field that is left out of the answer, not sent as null: no `default` in its schema."""
+    schema.pop("default", None)
 
 
 class ClassScore(BaseModel):
@@ -18,9 +24,23 @@ class ClassScore(BaseModel):
 
 
 class Prediction(BaseModel):
-    label: str = Field(description="the most likely class")
-    score: float = Field(ge=0, le=1, description="its probability")
+    label: str | None = Field(description="the most likely class; null when the answer is unknown")
+    score: float = Field(ge=0, le=1, description="its probability (calibrated)")
     top_k: list[ClassScore] = Field(description="the top_k most likely classes, most likely first")
+    # present only for a model with a reject_threshold (serve leaves unset fields out of the answer)
+    unknown: bool | SkipJsonSchema[None] = Field(
+        None,
+        description="only for a model with a reject_threshold: true when score is below it (the photo "
+        "is likely of none of the classes, and label is null)",
+        json_schema_extra=_absent_by_default,
+    )
+    threshold: float | SkipJsonSchema[None] = Field(
+        None,
+        ge=0,
+        le=1,
+        description="only for a model with a reject_threshold: that threshold",
+        json_schema_extra=_absent_by_default,
+    )
 
 
 class PredictResponse(Prediction):

@@ -1,8 +1,8 @@
 """Classify photos with an exported ONNX model: onnxruntime, numpy and Pillow only, never torch.
 
 Everything the model needs besides its weights (class names, resize and crop sizes, mean and std,
-and the temperature that calibrates its probabilities) is read from the file's metadata, so the one
-`.onnx` file is the whole deployment:
+the temperature that calibrates its probabilities and the threshold below which a photo is answered
+"unknown") is read from the file's metadata, so the one `.onnx` file is the whole deployment:
 
     >>> predictor = Predictor("models/model.onnx")
     >>> predictor.predict(["rose.jpg"])[0]["label"]
@@ -25,6 +25,7 @@ from flowerpipe.core.files import QUIET, unreadable, walk_images
 from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
+REJECT_SCORES = ("max_softmax",)  # the rejection rules this Predictor applies
 
 
 def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read: Any, kind: type) -> Any:
@@ -51,6 +52,23 @@ def _temperature(path: str | os.PathLike[str], meta: dict[str, str]) -> float:
         raise ModelError(
             f"{path}: metadata temperature must be a positive number, not {meta['temperature']!r}"
         )
+    return value
+
+
+def _reject_threshold(path: str | os.PathLike[str], meta: dict[str, str]) -> float | None:
+    """The metadata `reject_threshold` (None in a file without one: every photo gets a label); a
+    ModelError naming the file and the key unless the rule is known and the threshold in [0, 1]."""
+    if "reject_threshold" not in meta and "reject_score" not in meta:
+        return None
+    rule = meta.get("reject_score")
+    if rule not in REJECT_SCORES:
+        raise ModelError(
+            f"{path}: metadata reject_score must be one of {', '.join(REJECT_SCORES)}, not {rule!r}"
+        )
+    value = _metadata(path, meta, "reject_threshold", float, float) if "reject_threshold" in meta else None
+    if value is None or not 0 <= value <= 1:
+        shown = meta.get("reject_threshold")
+        raise ModelError(f"{path}: metadata reject_threshold must be a number in [0, 1], not {shown!r}")
     return value
 
 
@@ -91,6 +109,7 @@ class Predictor:
         self.mean: list[float] = _metadata(model_path, meta, "mean", json.loads, list)
         self.std: list[float] = _metadata(model_path, meta, "std", json.loads, list)
         self.temperature = _temperature(model_path, meta)
+        self.threshold: float | None = _reject_threshold(model_path, meta)
         self.input_name = self.session.get_inputs()[0].name
 
     def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
@@ -117,9 +136,20 @@ class Predictor:
         return [self._answer(p, top_k) for p in self.probabilities(crops)]
 
     def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:
+        """Label, score and top_k; with a threshold in the metadata also `unknown` and `threshold`,
+        and `label` None where the score (the largest probability, unrounded) is below it."""
         order = np.argsort(-probs, kind="stable")[: max(top_k, 1)]
         top = [{"label": self.classes[i], "score": round(float(probs[i]), 6)} for i in order]
-        return {"label": top[0]["label"], "score": top[0]["score"], "top_k": top[:top_k]}
+        answer = {"label": top[0]["label"], "score": top[0]["score"], "top_k": top[:top_k]}
+        if self.threshold is None:
+            return answer
+        unknown = bool(probs[order[0]] < self.threshold)
+        return {
+            **answer,
+            "label": None if unknown else answer["label"],
+            "unknown": unknown,
+            "threshold": self.threshold,
+        }
 
     def predict_paths(
         self, paths: Iterable[str | os.PathLike[str]], top_k: int = 3, batch_size: int = 32

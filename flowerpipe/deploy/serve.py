@@ -118,14 +118,27 @@ def create_app(model_path: str | Path, limits: Limits = DEFAULT_LIMITS, threads:
     # defined here, not as methods: FastAPI reads top_k's bound (the model's classes) from the signature
     top_k_query = Query(3, ge=1, le=len(classes), description="how many classes to list")
 
-    @app.post("/predict", response_model=PredictResponse, responses=ERRORS, openapi_extra=predict_body())
+    # exclude_unset: a model without a reject_threshold answers without `unknown` and `threshold`
+    @app.post(
+        "/predict",
+        response_model=PredictResponse,
+        response_model_exclude_unset=True,
+        responses=ERRORS,
+        openapi_extra=predict_body(),
+    )
     async def predict(request: Request, top_k: int = top_k_query) -> dict[str, Any]:
         """Classify one image."""
         return await service.predict(request, top_k)
 
     batch = batch_body(limits.max_images)
 
-    @app.post("/predict/batch", response_model=BatchResponse, responses=ERRORS, openapi_extra=batch)
+    @app.post(
+        "/predict/batch",
+        response_model=BatchResponse,
+        response_model_exclude_unset=True,
+        responses=ERRORS,
+        openapi_extra=batch,
+    )
     async def predict_batch(request: Request, top_k: int = top_k_query) -> dict[str, Any]:
         """Classify several images in one model call."""
         return await service.predict_batch(request, top_k)

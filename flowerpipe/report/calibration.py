@@ -1,5 +1,7 @@
 """Temperature scaling: one scalar T > 0 that divides the logits so that softmax(logits / T) is
-calibrated (Guo et al., 2017), fitted on the val split, and the scores that show its effect.
+calibrated (Guo et al., 2017), fitted on the val split, and the scores that show its effect; and
+the threshold below which a photo is answered "unknown" (open-set rejection by the maximum
+calibrated softmax probability, Hendrycks & Gimpel, 2017), also chosen on val.
 numpy only; it never changes which class is predicted, only how sure the answer says it is."""
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from flowerpipe.report.metrics import expected_calibration_error
 # that a val split the model separates perfectly (NLL falling towards T = 0) still gets a number.
 LOG_T_BOUNDS = (-math.log(20.0), math.log(20.0))
 GOLDEN = (math.sqrt(5) - 1) / 2
+REJECT_SCORE = "max_softmax"  # the one rejection rule: a photo's score is its largest probability
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -95,14 +98,67 @@ def reliability_bins(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> l
     return rows
 
 
-def read_temperature(path: str | os.PathLike[str]) -> float:
-    """The `temperature` in the calibration file that evaluate writes; a DataError naming the file
-    and the key when it is missing or not a positive finite number."""
+def _read(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The calibration file's mapping ({} when it holds another JSON value); a DataError naming the
+    file when it cannot be read."""
     try:
         found: Any = json.loads(Path(path).read_text())
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read the calibration ({exc}); run `dvc repro evaluate`") from exc
-    value = found.get("temperature") if isinstance(found, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def read_temperature(path: str | os.PathLike[str]) -> float:
+    """The `temperature` in the calibration file that evaluate writes; a DataError naming the file
+    and the key when it is missing or not a positive finite number."""
+    value = _read(path).get("temperature")
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < math.inf:
         raise DataError(f"{path}: temperature must be a positive number, not {value!r}")
     return float(value)
+
+
+def max_softmax(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Each image's rejection score: its largest calibrated probability, max softmax(logits / T)."""
+    return softmax(np.asarray(logits, np.float64), temperature).max(axis=1)
+
+
+def reject_threshold(scores: np.ndarray, keep: float) -> float:
+    """The largest threshold t such that at least the share `keep` of `scores` is >= t: the
+    ceil(keep * n)-th highest score (photos tied with it are all kept, so ties keep more, never
+    fewer). `keep` is in (0, 1]; keep = 1 gives the lowest score, so every photo is kept."""
+    if not 0 < keep <= 1:
+        raise ValueError(f"keep must be in (0, 1], not {keep!r}")
+    ranked = np.sort(np.asarray(scores, np.float64))[::-1]
+    if len(ranked) == 0:
+        raise DataError("cannot choose a rejection threshold on no images: the val split is empty")
+    count = max(1, math.ceil(round(keep * len(ranked), 9)))  # round: 0.95 * 20 is 19.000000000000004
+    return float(ranked[count - 1])
+
+
+def rejection_scores(
+    logits: np.ndarray, labels: np.ndarray, temperature: float, threshold: float
+) -> dict[str, float | None]:
+    """Of the images whose max_softmax score is >= `threshold`: their share, and the accuracy on
+    them (None where none is kept)."""
+    probs = softmax(np.asarray(logits, np.float64), temperature)
+    kept = probs.max(axis=1) >= threshold
+    right = probs.argmax(axis=1) == np.asarray(labels)
+    return {
+        "kept": float(kept.mean()) if len(kept) else 0.0,
+        "accuracy_kept": float(right[kept].mean()) if kept.any() else None,
+    }
+
+
+def read_rejection(path: str | os.PathLike[str]) -> tuple[str, float] | None:
+    """The (`reject_score`, `reject_threshold`) in the calibration file that evaluate writes, or
+    None where rejection is off (both null or absent); a DataError naming the file and the key when
+    they are not the known rule and a number in [0, 1]."""
+    found = _read(path)
+    rule, threshold = (found.get(key) for key in ("reject_score", "reject_threshold"))
+    if rule is None and threshold is None:
+        return None
+    if rule != REJECT_SCORE:
+        raise DataError(f"{path}: reject_score must be {REJECT_SCORE!r}, not {rule!r}")
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
+        raise DataError(f"{path}: reject_threshold must be a number in [0, 1], not {threshold!r}")
+    return rule, float(threshold)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, make_photos, unprivileged
+from conftest import CLASSES, REPO, make_photos, rejecting, unprivileged, with_metadata
 
 from flowerpipe.core.errors import ModelError
 from flowerpipe.deploy import predict
@@ -242,3 +242,59 @@ def test_a_bad_metadata_temperature_is_refused_in_one_line(
     done = predict_cli(path, tmp_path)
     assert done.returncode == 1 and "Traceback" not in done.stderr
     assert done.stderr.strip().startswith(f"error: {path}: metadata temperature")
+
+
+def test_below_the_threshold_the_answer_is_unknown_above_it_a_label(
+    onnx_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    files = sorted(photos.rglob("*.jpg"))[::3]
+    plain = Predictor(onnx_model).predict(files, top_k=2)
+    assert plain[0].keys() == {"label", "score", "top_k"}  # a file without a threshold: as before
+    scores = sorted(a["score"] for a in plain)
+    threshold = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2  # half below, half above
+    strict = Predictor(rejecting(onnx_model, tmp_path / "strict.onnx", threshold))
+    assert strict.threshold == threshold
+    answers = strict.predict(files, top_k=2)
+    assert sum(a["unknown"] for a in answers) == len(files) // 2
+    for answer, before in zip(answers, plain, strict=True):
+        assert answer.keys() == {"label", "score", "top_k", "unknown", "threshold"}
+        assert answer["threshold"] == threshold
+        assert (answer["score"], answer["top_k"]) == (before["score"], before["top_k"])  # still listed
+        assert answer["unknown"] == (before["score"] < threshold)
+        assert answer["label"] == (None if answer["unknown"] else before["label"])
+    # the command prints the same answers, `"label": null` included
+    done = predict_cli(tmp_path / "strict.onnx", *files, "--top-k", "2")
+    assert done.returncode == 0, done.stderr
+    printed = [json.loads(line) for line in done.stdout.splitlines()]
+    assert printed == [{"path": str(f), **a} for f, a in zip(files, answers, strict=True)]
+    assert '"label": null, ' in done.stdout
+
+
+def test_a_threshold_of_0_keeps_every_photo_and_1_none(
+    onnx_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    files = sorted(photos.rglob("*.jpg"))[:6]
+    every = Predictor(rejecting(onnx_model, tmp_path / "every.onnx", 0.0)).predict(files)
+    assert [a["unknown"] for a in every] == [False] * 6 and None not in [a["label"] for a in every]
+    none = Predictor(rejecting(onnx_model, tmp_path / "none.onnx", 1.0)).predict(files)
+    assert [a["unknown"] for a in none] == [True] * 6 and {a["label"] for a in none} == {None}
+
+
+@pytest.mark.parametrize(
+    ("changes", "key"),
+    [
+        ({"reject_score": "entropy", "reject_threshold": "0.5"}, "reject_score"),
+        ({"reject_threshold": "0.5"}, "reject_score"),
+        ({"reject_score": "max_softmax"}, "reject_threshold"),
+        ({"reject_score": "max_softmax", "reject_threshold": "high"}, "reject_threshold"),
+        ({"reject_score": "max_softmax", "reject_threshold": "1.5"}, "reject_threshold"),
+        ({"reject_score": "max_softmax", "reject_threshold": "nan"}, "reject_threshold"),
+    ],
+)
+def test_a_bad_metadata_threshold_is_refused_in_one_line(
+    onnx_model: Path, tmp_path: Path, changes: dict[str, str], key: str
+) -> None:
+    path = with_metadata(onnx_model, tmp_path / "broken.onnx", changes)
+    with pytest.raises(ModelError, match=f"^{path}: metadata {key}") as caught:
+        Predictor(path)
+    assert "\n" not in str(caught.value)

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import schemathesis
-from conftest import CHROMIUM_FLAGS, CLASSES, REPO, draw_photo
+from conftest import CHROMIUM_FLAGS, CLASSES, REPO, draw_photo, rejecting
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.checks import positive_data_acceptance
 
+from flowerpipe.deploy.openapi import BatchResponse, PredictResponse
 from flowerpipe.deploy.predict import Predictor
 from flowerpipe.deploy.serve import Limits, create_app
 
@@ -90,6 +91,37 @@ def test_batch_is_one_model_call_with_the_single_answers(
     answers = response.json()["predictions"]
     assert [a["label"] for a in answers] == [s["label"] for s in single]
     assert [a["score"] for a in answers] == pytest.approx([s["score"] for s in single], abs=1e-5)
+
+
+def test_a_photo_below_the_threshold_is_answered_unknown(onnx_model: Path, tmp_path: Path) -> None:
+    photos = [jpeg(seed, label) for seed, label in enumerate(CLASSES * 2)]
+    scores = sorted(a["score"] for a in Predictor(onnx_model).predict(list(map(io.BytesIO, photos))))
+    threshold = (scores[2] + scores[3]) / 2  # three of the six below
+    model = rejecting(onnx_model, tmp_path / "strict.onnx", threshold)
+    expected = Predictor(model).predict(list(map(io.BytesIO, photos)), top_k=2)
+    client = TestClient(create_app(model))
+    single = [
+        client.post("/predict?top_k=2", content=p, headers={"Content-Type": "image/jpeg"}).json()
+        for p in photos
+    ]
+    revision = hashlib.sha256(model.read_bytes()).hexdigest()[:12]
+    assert single == [{**e, "model_revision": revision} for e in expected]
+    assert [a["unknown"] for a in single].count(True) == 3
+    for answer in single:
+        PredictResponse.model_validate(answer)  # the schema the OpenAPI description gives
+        assert answer["threshold"] == threshold
+        assert (answer["label"] is None) == answer["unknown"] == (answer["score"] < threshold)
+    files = [("files", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
+    batch = client.post("/predict/batch?top_k=2", files=files).json()
+    BatchResponse.model_validate(batch)
+    assert batch["predictions"] == expected
+
+
+def test_a_model_without_a_threshold_answers_as_before(client: TestClient) -> None:
+    answer = client.post("/predict", content=jpeg(), headers={"Content-Type": "image/jpeg"}).json()
+    assert set(answer) == {"label", "score", "top_k", "model_revision"}  # no unknown, no threshold
+    batch = client.post("/predict/batch", files=[("files", ("a.jpg", jpeg(), "image/jpeg"))]).json()
+    assert set(batch["predictions"][0]) == {"label", "score", "top_k"}
 
 
 def test_health_model_page_and_openapi(client: TestClient, onnx_model: Path) -> None:
@@ -267,14 +299,18 @@ def chromium() -> str:
 
 
 @pytest.mark.browser
+@pytest.mark.parametrize("threshold", [None, 1.0])
 def test_page_classifies_a_real_photo_in_a_browser(
-    onnx_model: Path, chromium: str, real_photos: Path, tmp_path: Path
+    onnx_model: Path, chromium: str, real_photos: Path, tmp_path: Path, threshold: float | None
 ) -> None:
     """Headless Chromium opens the page, picks a real flower photo in its file input, and shows
-    the service's answer: the label, and one bar per class."""
+    the service's answer: the label, and one bar per class; with a model whose threshold the photo
+    is below (1.0: every photo), "unknown" in place of the label, and the bars still."""
     from playwright.sync_api import sync_playwright
 
     photo = sorted((real_photos / "roses").glob("*.jpg"))[0]
+    if threshold is not None:
+        onnx_model = rejecting(onnx_model, tmp_path / "strict.onnx", threshold)
     expected = Predictor(onnx_model).predict([photo], top_k=len(CLASSES))[0]
     port = free_port()
     server = subprocess.Popen(
@@ -303,14 +339,18 @@ def test_page_classifies_a_real_photo_in_a_browser(
             widths = page.eval_on_selector_all("#bars .bar span", "spans => spans.map(s => s.offsetWidth)")
             track = page.eval_on_selector("#bars .bar", "bar => bar.offsetWidth")
             assert page.eval_on_selector("#preview", "img => img.naturalWidth") > 0
-            shot = Path(os.environ.get("FLOWERPIPE_ARTIFACTS", tmp_path)) / "serve_page.png"
+            name = "serve_page.png" if threshold is None else "serve_page_unknown.png"
+            shot = Path(os.environ.get("FLOWERPIPE_ARTIFACTS", tmp_path)) / name
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
             browser.close()
     finally:
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
-    assert label == expected["label"]
+    if threshold is None:
+        assert label == expected["label"]
+    else:
+        assert expected["unknown"] and label == f"unknown: not one of the {len(CLASSES)} classes"
     assert [name for name, _ in bars] == list(CLASSES)
     scores = dict(bars)
     assert scores == pytest.approx({c["label"]: c["score"] for c in expected["top_k"]}, abs=1e-6)
