@@ -16,14 +16,14 @@ from typing import Any
 import numpy as np
 
 from flowerpipe.core.errors import DataError
-from flowerpipe.deploy.predict import softmax
+from flowerpipe.deploy.predict import REJECT_SCORES, softmax
 from flowerpipe.report.metrics import expected_calibration_error
 
 # T is searched in [1/20, 20]: wider than any temperature a trained classifier needs, narrow enough
 # that a val split the model separates perfectly (NLL falling towards T = 0) still gets a number.
 LOG_T_BOUNDS = (-math.log(20.0), math.log(20.0))
 GOLDEN = (math.sqrt(5) - 1) / 2
-REJECT_SCORE = "max_softmax"  # the one rejection rule: a photo's score is its largest probability
+REJECT_SCORE = REJECT_SCORES[0]  # the rule Predictor applies: a photo's score is its largest probability
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
