@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import REPO, make_photos
+from conftest import CLASSES, IMAGE_SIZE, REPO, make_photos, rejecting
 
 from flowerpipe.model.build import build_model, save_trained
 
@@ -154,3 +154,29 @@ def test_scale_makes_distinct_photos_from_the_real_ones(photos: Path, tmp_path: 
     first = files[0].stat().st_mtime_ns
     scale.make_photos(photos, tmp_path / "made", 150)
     assert files[0].stat().st_mtime_ns == first
+
+
+def test_open_set_scores_every_held_out_class_and_far_kind(
+    photos: Path, onnx_model: Path, tmp_path: Path
+) -> None:
+    model = rejecting(onnx_model, tmp_path / "rejecting.onnx", 0.9)
+    options = ["--arch", "resnet18", "--weights", "null", "--size", str(IMAGE_SIZE), "--far", "3"]
+    options += ["--full", CLASSES[0], "--set", "epochs=1", "batch_size=8", "--onnx", str(model)]
+    options += ["--photos", str(photos), "--work", str(tmp_path), "--results", str(tmp_path / "results")]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/open_set.py", *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    held = json.loads((tmp_path / "results" / "open-set.json").read_text())["rows"]
+    expected = [f"{c} (frozen backbone)" for c in CLASSES] + [f"{CLASSES[0]} (full recipe)"]
+    assert sorted({row["held_out"] for row in held}) == sorted(expected)
+    assert len(held) == len(expected) * 5 and all(0 <= row["auroc"] <= 1 for row in held)
+    assert {row["unknowns"] for row in held if row["held_out"].startswith(CLASSES[0])} == {24}
+    far = json.loads((tmp_path / "results" / "far-inputs.json").read_text())["rows"]
+    assert [row["model"] for row in far] == ["frozen backbone, 5-class head"] * 5 + [
+        f"full recipe, {CLASSES[0]} held out"
+    ] * 5 + ["rejecting.onnx"]
+    assert all(row["inputs"] == 15 and 0 <= row["all"] <= 1 for row in far)
