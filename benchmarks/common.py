@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
 
 from flowerpipe.config import SplitConfig  # noqa: E402
 from flowerpipe.data.prepared import Prepared, load_prepared  # noqa: E402
+from flowerpipe.deploy.preprocess import resize_size  # noqa: E402
 from flowerpipe.model.build import build_model, load_trained  # noqa: E402
 from flowerpipe.prepare.scan import prepare  # noqa: E402
 
@@ -43,6 +44,34 @@ def arguments(description: str) -> argparse.ArgumentParser:
         "--results", type=Path, default=ROOT / "benchmarks" / "results", help="where NAME.json is written"
     )
     return parser
+
+
+def recipe_arguments(parser: argparse.ArgumentParser) -> None:
+    """--prepared, --arch, --weights, --size and --set: what a benchmark that fine-tunes with
+    params.yaml's recipe takes."""
+    parser.add_argument("--prepared", type=Path, help="a prepared folder to use instead of --photos")
+    parser.add_argument("--arch", default="mobilenet_v2")
+    parser.add_argument(
+        "--weights",
+        type=lambda w: None if w == "null" else w,
+        default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
+        help="model.weights: a state_dict file, a torchvision weights name, or null",
+    )
+    parser.add_argument(
+        "--size", type=int, help="data.image_size, the evaluation crop (default: params.yaml's)"
+    )
+    parser.add_argument("--set", nargs="*", default=[], help="train key=value (YAML) over params.yaml's")
+
+
+def recipe_data(args: argparse.Namespace) -> tuple[dict[str, Any], Prepared, int, dict[str, Any]]:
+    """params.yaml, the photos prepared at the resize of `args.size` (params.yaml's where unset,
+    written back to args), that resize, and the train keys of --set."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    args.size = args.size or params["data"]["image_size"]
+    resize = resize_size(args.size, params["data"]["crop_ratio"])
+    data = load_prepared(args.prepared) if args.prepared else prepared(args.photos, args.work, resize)
+    changes = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    return params, data, resize, changes
 
 
 def model_arguments(parser: argparse.ArgumentParser, arch: str) -> None:

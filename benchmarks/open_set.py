@@ -33,15 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
-from common import ROOT, Prepared, arguments, load_prepared, prepared, report
+from common import Prepared, arguments, recipe_arguments, recipe_data, report
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
 
 from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import setup_logging
 from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import center_crop, fit_square, resize_size
+from flowerpipe.deploy.preprocess import center_crop, fit_square
 from flowerpipe.model.build import build_model, head_name
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
@@ -282,9 +281,9 @@ def shipped(path: Path, far_at: Callable[[int], dict[str, np.ndarray]]) -> list[
     """The far-input row of an exported model, as `flowerpipe predict` answers: the far inputs
     made at its resize, its own temperature and threshold."""
     predictor = Predictor(path)
-    far = far_at(predictor.resize_size)
     if predictor.threshold is None:
         raise SystemExit(f"{path}: its metadata has no reject_threshold (evaluate.keep_known: null)")
+    far = far_at(predictor.resize_size)
     scored = {
         kind: {"max_softmax": predictor.probabilities(center_crop(images, predictor.image_size)).max(1)}
         for kind, images in far.items()
@@ -294,26 +293,14 @@ def shipped(path: Path, far_at: Callable[[int], dict[str, np.ndarray]]) -> list[
 
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--prepared", type=Path, help="a prepared folder to use instead of --photos")
-    parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument(
-        "--weights",
-        type=lambda w: None if w == "null" else w,
-        default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
-        help="model.weights: a state_dict file, a torchvision weights name, or null",
-    )
-    parser.add_argument("--size", type=int, help="data.image_size (default: params.yaml's)")
+    recipe_arguments(parser)
     parser.add_argument("--full", nargs="*", default=[], help="classes to hold out with the full recipe")
     parser.add_argument("--far", type=int, default=200, help="inputs of each far kind")
     parser.add_argument("--onnx", nargs="*", type=Path, default=[], help="exported models to score")
-    parser.add_argument("--set", nargs="*", default=[], help="train key=value (YAML) over params.yaml's")
     args = parser.parse_args()
     setup_logging()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    args.size = args.size or params["data"]["image_size"]
-    resize = resize_size(args.size, params["data"]["crop_ratio"])
-    data = load_prepared(args.prepared) if args.prepared else prepared(args.photos, args.work, resize)
-    recipe = {**params["train"], **{k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}}
+    params, data, resize, changes = recipe_data(args)
+    recipe = {**params["train"], **changes}
     test_photos = data.images[np.flatnonzero(data.splits == "test")]
 
     def far_at(side: int) -> dict[str, np.ndarray]:

@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from common import ROOT, arguments, load_prepared, prepared, report
+from common import arguments, recipe_arguments, recipe_data, report
 
 from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import setup_logging
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.model.build import build_model
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
@@ -47,29 +44,14 @@ RECIPES: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": {}}
 
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--prepared", type=Path, help="a prepared folder to use instead of --photos")
-    parser.add_argument("--arch", default="mobilenet_v2")
-    parser.add_argument(
-        "--weights",
-        type=lambda w: None if w == "null" else w,
-        default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
-        help="model.weights: a state_dict file, a torchvision weights name, or null",
-    )
-    parser.add_argument(
-        "--size", type=int, help="data.image_size, the evaluation crop (default: params.yaml's)"
-    )
+    recipe_arguments(parser)
     parser.add_argument("--recipes", nargs="+", default=["reference", "default"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--set", nargs="*", default=[], help="train key=value (YAML) under every recipe")
     parser.add_argument("--name", default="recipes", help="the results file's name")
     args = parser.parse_args()
     setup_logging()
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    args.size = args.size or params["data"]["image_size"]
-    resize = resize_size(args.size, params["data"]["crop_ratio"])
-    data = load_prepared(args.prepared) if args.prepared else prepared(args.photos, args.work, resize)
+    params, data, _, common = recipe_data(args)
     defaults = params["train"]
-    common = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     device = resolve_device("auto")
     train_idx, val_idx, test_idx = (data.indices(s) for s in ("train", "val", "test"))
     test_images, test_labels = data.images[test_idx], data.labels[test_idx]
