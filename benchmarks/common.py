@@ -118,9 +118,10 @@ def pipeline_repo(folder: Path, changes: dict[str, dict[str, Any]], checkout: Pa
     """A new git + DVC repo in `folder` holding the pipeline of `checkout` with `changes` made to
     its params (section by section); returns the params."""
     shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore"):
-        shutil.copy(checkout / name, folder / name)
+    (folder / "data").mkdir(parents=True)
+    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/exclude.txt"):
+        if (checkout / name).exists():  # an older checkout has no data/exclude.txt
+            shutil.copy(checkout / name, folder / name)
     for name in ("stages", "flowerpipe"):
         shutil.copytree(checkout / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
     params = yaml.safe_load((folder / "params.yaml").read_text())

@@ -5,6 +5,8 @@ the model was never taught, at the threshold that keeps 95 % of the known val ph
     uv run python benchmarks/open_set.py --full daisy \\
         --onnx /path/to/run/models/model.onnx /path/to/run/models/model.int8.onnx
 
+`--no-frozen` with `--onnx` scores only the exported models.
+
 1. Held-out class: for each class, a model is taught the other classes and the held-out class's
    photos (every split) are scored as unknowns against the known classes' test photos. The frozen
    ImageNet backbone, its features computed once, with a linear head trained per held-out class
@@ -41,14 +43,14 @@ from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import setup_logging
 from flowerpipe.deploy.predict import Predictor
 from flowerpipe.deploy.preprocess import center_crop, fit_square
-from flowerpipe.model.build import build_model, head_name
+from flowerpipe.model.build import build_model, head_name, headless
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
+from flowerpipe.model.knn import knn_similarity, unit_rows
 from flowerpipe.report.calibration import fit_temperature, max_softmax, reject_threshold
 from flowerpipe.training.loop import fit
 
 KEEP = 0.95  # share of the known val photos each threshold keeps
-KNN_K = 10
 FAR_KINDS = ("noise", "smooth noise", "flat colour", "text page", "blurred photo")
 SCORES = ("max_softmax", "max_logit", "energy", "mahalanobis", "knn")
 
@@ -65,7 +67,7 @@ class Scorer:
         covariance = centred.T @ centred / len(centred)
         ridge = 1e-3 * np.trace(covariance) / len(covariance)  # features outnumber photos per class
         self.precision = np.linalg.inv(covariance + ridge * np.eye(len(covariance)))
-        self.train_unit = _unit(train_feats)
+        self.train_unit = unit_rows(train_feats)
         self.temperature = 1.0
 
     @torch.inference_mode()
@@ -76,18 +78,13 @@ class Scorer:
         logits = self.logits(feats)
         top = logits.max(1, keepdims=True)
         distances = [np.einsum("ij,jk,ik->i", feats - m, self.precision, feats - m) for m in self.means]
-        similarity = _unit(feats) @ self.train_unit.T
         return {
             "max_softmax": max_softmax(logits, self.temperature),
             "max_logit": top[:, 0],
             "energy": (top + np.log(np.exp(logits - top).sum(1, keepdims=True)))[:, 0],
             "mahalanobis": -np.min(distances, axis=0),
-            "knn": -np.sort(-similarity, axis=1)[:, min(KNN_K, similarity.shape[1]) - 1],
+            "knn": knn_similarity(unit_rows(feats), self.train_unit),
         }
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 def auroc(known: np.ndarray, unknown: np.ndarray) -> tuple[float, float]:
@@ -105,9 +102,7 @@ def auroc(known: np.ndarray, unknown: np.ndarray) -> tuple[float, float]:
 def features(model: nn.Module, images: np.ndarray, size: int, device: torch.device) -> np.ndarray:
     """The input of the model's classifier layer for each image: the model with that layer taken
     out, run as evaluate runs it."""
-    body = copy.deepcopy(model)
-    body.set_submodule(head_name(model), nn.Identity())
-    return predict_logits(body, images, size, 64, device).astype(np.float64)
+    return predict_logits(headless(model), images, size, 64, device).astype(np.float64)
 
 
 def train_head(feats: np.ndarray, labels: np.ndarray, params: dict, classes: int) -> nn.Module:
@@ -279,16 +274,17 @@ def full_recipe(
 
 def shipped(path: Path, far_at: Callable[[int], dict[str, np.ndarray]]) -> list[dict]:
     """The far-input row of an exported model, as `flowerpipe predict` answers: the far inputs
-    made at its resize, its own temperature and threshold."""
+    made at its resize, its own rejection score and threshold."""
     predictor = Predictor(path)
-    if predictor.threshold is None:
+    if predictor.threshold is None or predictor.reject_score is None:
         raise SystemExit(f"{path}: its metadata has no reject_threshold (evaluate.keep_known: null)")
     far = far_at(predictor.resize_size)
+    rule = predictor.reject_score
     scored = {
-        kind: {"max_softmax": predictor.probabilities(center_crop(images, predictor.image_size)).max(1)}
+        kind: {rule: predictor.scored(center_crop(images, predictor.image_size))[1]}
         for kind, images in far.items()
     }
-    return far_rows(path.name, scored, {"max_softmax": predictor.threshold})
+    return far_rows(path.name, scored, {rule: predictor.threshold})
 
 
 def main() -> None:
@@ -297,6 +293,9 @@ def main() -> None:
     parser.add_argument("--full", nargs="*", default=[], help="classes to hold out with the full recipe")
     parser.add_argument("--far", type=int, default=200, help="inputs of each far kind")
     parser.add_argument("--onnx", nargs="*", type=Path, default=[], help="exported models to score")
+    parser.add_argument(
+        "--frozen", action=argparse.BooleanOptionalAction, default=True, help="the frozen backbone's rows"
+    )
     args = parser.parse_args()
     setup_logging()
     params, data, resize, changes = recipe_data(args)
@@ -306,12 +305,15 @@ def main() -> None:
     def far_at(side: int) -> dict[str, np.ndarray]:
         return {kind: far_inputs(kind, args.far, test_photos, side) for kind in FAR_KINDS}
 
-    held, far_table = frozen_backbone(data, far_at(resize), args, recipe)
+    held, far_table = frozen_backbone(data, far_at(resize), args, recipe) if args.frozen else ([], [])
     for name in args.full:
         rows = full_recipe(data, far_at(resize), data.classes.index(name), args, recipe)
         held, far_table = held + rows[0], far_table + rows[1]
     far_table += [row for path in args.onnx for row in shipped(path, far_at)]
-    report(args.results, "open-set", held, {"arch": args.arch, "weights": args.weights, "keep_known": KEEP})
+    if held:
+        report(
+            args.results, "open-set", held, {"arch": args.arch, "weights": args.weights, "keep_known": KEEP}
+        )
     report(args.results, "far-inputs", far_table, {"per_kind": args.far})
 
 

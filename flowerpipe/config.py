@@ -17,6 +17,7 @@ from typing import Any, Union
 import yaml
 
 from flowerpipe.core.errors import ConfigError
+from flowerpipe.deploy.metadata import REJECT_SCORES
 from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.model.architectures import check_architecture
 from flowerpipe.model.transforms import check_augment
@@ -24,6 +25,7 @@ from flowerpipe.model.transforms import check_augment
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 LOADERS = ("auto", "device", "stream")
+CLASS_BALANCES = ("none", "weights", "sampler")  # docs: Training, unequal classes
 HEADS = ("linear", "mlp")
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
@@ -44,9 +46,11 @@ class DataConfig:
     image_size: int = 256
     crop_ratio: float = 0.875
     label_conflicts: str = "keep"
+    exclude: str = "data/exclude.txt"
 
     def __post_init__(self) -> None:
         _check(bool(self.source.strip()), "data.source", "must name a URL, an archive or a folder")
+        _check(bool(self.exclude.strip()), "data.exclude", "must name a file (an empty one excludes nothing)")
         if self.sha256 is not None:
             ok = len(self.sha256) == 64 and all(c in "0123456789abcdef" for c in self.sha256.lower())
             _check(ok, "data.sha256", "must be 64 hex digits or null")
@@ -124,6 +128,7 @@ class TrainConfig:
     launcher: str = "python"
     loader: str = "auto"
     seed: int = 0
+    class_balance: str = "none"
     augment: list[dict[str, dict[str, Any]]] = field(default_factory=_default_augment)
 
     def __post_init__(self) -> None:
@@ -157,6 +162,8 @@ class TrainConfig:
         _check(self.precision in PRECISIONS, "train.precision", f"must be one of {', '.join(PRECISIONS)}")
         _check(self.device in DEVICES, "train.device", f"must be one of {', '.join(DEVICES)}")
         _check(self.loader in LOADERS, "train.loader", f"must be one of {', '.join(LOADERS)}")
+        balances = ", ".join(CLASS_BALANCES)
+        _check(self.class_balance in CLASS_BALANCES, "train.class_balance", f"must be one of {balances}")
         ok = self.launcher == "python" or self.launcher.split()[:1] == ["torchrun"]
         _check(ok, "train.launcher", "must be python or a torchrun command, e.g. torchrun --nproc-per-node=2")
         for i, step in enumerate(self.augment):
@@ -181,19 +188,32 @@ class TrainConfig:
 class EvaluateConfig:
     batch_size: int = 64
     keep_known: float | None = 0.95
+    reject_score: str = "knn"
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 1, "evaluate.batch_size", "must be >= 1")
+        rules = ", ".join(REJECT_SCORES)
+        _check(self.reject_score in REJECT_SCORES, "evaluate.reject_score", f"must be one of {rules}")
         keep = self.keep_known
         _check(keep is None or 0 < keep <= 1, "evaluate.keep_known", "must be null or a number in (0, 1]")
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    folds: int = 5
+
+    def __post_init__(self) -> None:
+        _check(2 <= self.folds <= 20, "audit.folds", "must be between 2 and 20")
+
+
+@dataclass(frozen=True)
 class PlotConfig:
     dpi: int = 120
+    suspects: int = 30
 
     def __post_init__(self) -> None:
         _check(50 <= self.dpi <= 600, "plot.dpi", "must be between 50 and 600")
+        _check(self.suspects >= 0, "plot.suspects", "must be >= 0 (0: no photos in the gallery)")
 
 
 @dataclass(frozen=True)
@@ -222,6 +242,7 @@ class ExportConfig:
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)

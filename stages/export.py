@@ -1,8 +1,11 @@
 """export: write models/model.onnx (with evaluate's temperature and rejection threshold in its
-metadata), verify it against PyTorch, and time it against PyTorch."""
+metadata, and for the knn score the training photos' features in its graph), verify it against
+PyTorch, and time it against PyTorch."""
 
 import os
 import subprocess
+
+import numpy as np
 
 from flowerpipe.config import load_config
 from flowerpipe.core.atomic import atomic_path, write_json
@@ -10,15 +13,18 @@ from flowerpipe.core.console import run_main
 from flowerpipe.core.files import file_digest
 from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import load_prepared
+from flowerpipe.deploy.metadata import KNN_OUTPUT
 from flowerpipe.deploy.preprocess import center_crop
 from flowerpipe.export.latency import measure_latency
-from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
+from flowerpipe.export.onnx import OUTPUT_NAME, check_parity, export_onnx, onnx_metadata
 from flowerpipe.model.build import load_trained
+from flowerpipe.model.knn import WithKnnScore
 from flowerpipe.report.calibration import read_rejection, read_temperature
 
 MODEL = "models/model.onnx"
 WEIGHTS = "models/best.pt"
 CALIBRATION = "results/evaluate/calibration.json"
+BANK = "results/evaluate/feature_bank.npy"
 
 
 def provenance(data_sha256: str | None) -> dict[str, str]:
@@ -41,6 +47,10 @@ def main() -> None:
     model, meta = load_trained(WEIGHTS)
     data = load_prepared("data/prepared")
     val = Rows(data.images, data.indices("val"))  # read a batch at a time
+    reject = read_rejection(CALIBRATION)
+    outputs = (OUTPUT_NAME,)
+    if reject is not None and reject[0] == "knn":
+        model, outputs = WithKnnScore(model, np.load(BANK), meta["image_size"]), (OUTPUT_NAME, KNN_OUTPUT)
     metadata = onnx_metadata(
         meta["classes"],
         meta["arch"],
@@ -48,10 +58,10 @@ def main() -> None:
         meta["resize_size"],
         provenance(meta.get("data_sha256")),
         temperature=read_temperature(CALIBRATION),
-        reject=read_rejection(CALIBRATION),
+        reject=reject,
     )
     with atomic_path(MODEL) as tmp:
-        export_onnx(model, tmp, meta["image_size"], metadata, opset=cfg.export.opset)
+        export_onnx(model, tmp, meta["image_size"], metadata, cfg.export.opset, outputs)
         parity = check_parity(model, tmp, val, meta["image_size"], cfg.export, shown_as=MODEL)
         latency = measure_latency(model, {"fp32": tmp}, center_crop(val[:32], meta["image_size"]))
     write_json("results/export/metrics.json", {"parity": parity, "latency": latency})

@@ -1,5 +1,6 @@
 """plot: PNG figures of the training curves, the test confusion matrix, the most confidently
-wrong test photos and the test reliability diagram before and after temperature scaling."""
+wrong test photos, the test reliability diagram before and after temperature scaling, and the
+audit's most likely mislabeled photos."""
 
 import json
 from pathlib import Path
@@ -15,8 +16,10 @@ from flowerpipe.report.plots import (
     most_confident_mistakes,
     prediction_confusion,
     read_history,
+    read_label_issues,
     read_predictions,
     reliability_figure,
+    suspects_figure,
 )
 
 
@@ -26,12 +29,14 @@ def main() -> None:
     data = load_prepared("data/prepared")
     index = {r["relpath"]: i for i, r in enumerate(data.rows)}
     wrong = most_confident_mistakes(rows)
+    suspects = read_label_issues("results/audit/label_issues.csv")[: cfg.plot.suspects]
     reliability = json.loads(Path("results/evaluate/reliability.json").read_text())
     figures = {
         "curves.png": curves_figure(read_history("results/train/plots/metrics")),
         "confusion.png": confusion_figure(prediction_confusion(rows, classes), classes),
         "mistakes.png": mistakes_figure([data.images[index[r["path"]]] for r in wrong], wrong),
         "reliability.png": reliability_figure(reliability, reliability["temperature"]),
+        "suspects.png": suspects_figure([data.images[index[r["relpath"]]] for r in suspects], suspects),
     }
     for name, figure in figures.items():
         with atomic_path(Path("results/plots") / name) as tmp:

@@ -15,7 +15,12 @@ def main() -> None:
     root = sources.obtain(cfg.data.source, Path("data/raw"), sha256=cfg.data.sha256)
     resize = resize_size(cfg.data.image_size, cfg.data.crop_ratio)
     metrics = dataset.prepare(
-        root, Path("data/prepared"), cfg.split, resize=resize, label_conflicts=cfg.data.label_conflicts
+        root,
+        Path("data/prepared"),
+        cfg.split,
+        resize=resize,
+        label_conflicts=cfg.data.label_conflicts,
+        exclude=Path(cfg.data.exclude),
     )
     write_json("results/prepare/metrics.json", metrics)
 

@@ -121,7 +121,8 @@ class DvcRepo:
             shutil.copytree(template.path, path, symlinks=True)
             return
         path.mkdir(parents=True, exist_ok=True)
-        for name in ("dvc.yaml", "params.yaml", ".gitignore"):
+        (path / "data").mkdir()
+        for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/exclude.txt"):
             shutil.copy(REPO / name, path / name)
         for folder in ("stages", "flowerpipe", "presets"):
             shutil.copytree(REPO / folder, path / folder, ignore=shutil.ignore_patterns("__pycache__"))
@@ -306,6 +307,34 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     return path
 
 
+@pytest.fixture(scope="session")
+def knn_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Path:
+    """`onnx_model`'s kind of model with a knn score beside its logits, its feature bank made of
+    `noisy_squares` (seed 2), and no threshold yet (`rejecting` sets one): through the export code
+    where torch is installed, else built with `onnx` alone on the mean colour."""
+    from flowerpipe.deploy.metadata import KNN_OUTPUT, onnx_metadata
+    from flowerpipe.deploy.preprocess import center_crop, to_model_input
+
+    path = tmp_path_factory.mktemp("export") / "knn.onnx"
+    metadata = onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
+    bank_photos = center_crop(noisy_squares(64, seed=2), IMAGE_SIZE)
+    try:
+        import torch
+
+        from flowerpipe.export import onnx as export
+        from flowerpipe.model.knn import WithKnnScore, feature_bank, features
+    except ImportError:  # no torch
+        colours = to_model_input(bank_photos).mean(axis=(2, 3))
+        bank = colours / np.linalg.norm(colours, axis=1, keepdims=True)
+        _colour_model(path, metadata, bank.astype(np.float32))
+    else:
+        net = request.getfixturevalue("classifier")
+        bank = feature_bank(features(net, bank_photos, IMAGE_SIZE, 32, torch.device("cpu")))
+        model = WithKnnScore(net, bank, IMAGE_SIZE)
+        export.export_onnx(model, path, IMAGE_SIZE, metadata, outputs=(export.OUTPUT_NAME, KNN_OUTPUT))
+    return path
+
+
 def with_metadata(source: Path, path: Path, changes: dict[str, str | None]) -> Path:
     """A copy of the ONNX file `source` at `path` with each metadata key of `changes` set to its
     value, or removed where the value is None (the `onnx` package alone, no torch)."""
@@ -322,26 +351,71 @@ def with_metadata(source: Path, path: Path, changes: dict[str, str | None]) -> P
     return path
 
 
-def rejecting(source: Path, path: Path, threshold: float) -> Path:
-    """A copy of the ONNX file `source` that answers unknown below the max_softmax `threshold`."""
-    return with_metadata(source, path, {"reject_score": "max_softmax", "reject_threshold": repr(threshold)})
+def knn_bank_in(path: Path) -> np.ndarray:
+    """The training features an exported knn file's similarity reads, as its top-k's matmul takes
+    them, in the type the file stores them in (through the Cast and Transpose nodes in between)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    made_by = {out: node for node in graph.node for out in node.output}
+    constants = {t.name: onnx.numpy_helper.to_array(t) for t in graph.initializer}
+    matmul = made_by[next(node for node in graph.node if node.op_type == "TopK").input[0]]
+    assert matmul.op_type == "MatMul"
+    name, between = matmul.input[1], []
+    while name not in constants:
+        between.append(made_by[name])
+        assert between[-1].op_type in ("Cast", "Transpose"), between[-1]
+        name = between[-1].input[0]
+    values = constants[name]
+    for node in reversed(between):
+        if node.op_type == "Transpose":
+            perm = next((list(a.ints) for a in node.attribute if a.name == "perm"), None)
+            values = values.transpose(perm)
+    return values
 
 
-def _colour_model(path: Path, metadata: dict[str, str]) -> None:
-    """An ONNX classifier without torch: the mean of each colour channel, times a fixed matrix."""
+def rejecting(source: Path, path: Path, threshold: float, score: str = "max_softmax") -> Path:
+    """A copy of the ONNX file `source` that answers unknown below the `score` `threshold`."""
+    return with_metadata(source, path, {"reject_score": score, "reject_threshold": repr(threshold)})
+
+
+def _colour_model(path: Path, metadata: dict[str, str], bank: np.ndarray | None = None) -> None:
+    """An ONNX classifier without torch: the mean of each colour channel, times a fixed matrix; with
+    a `bank` of unit colour vectors also the knn similarity of the unit mean colour to them."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
+    from flowerpipe.deploy.metadata import KNN_K, KNN_OUTPUT
+
     weight = np.array([[3.0, -1.5, -1.5], [-1.5, 3.0, -1.5], [-1.5, -1.5, 3.0]], dtype=np.float32)
+    nodes = [
+        helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
+        helper.make_node("MatMul", ["mean", "weight"], ["logits"]),
+    ]
+    constants = [numpy_helper.from_array(np.array([2, 3]), "axes"), numpy_helper.from_array(weight, "weight")]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])]
+    if bank is not None:
+        nodes += [
+            helper.make_node("ReduceL2", ["mean", "one"], ["norm"], keepdims=1),
+            helper.make_node("Div", ["mean", "norm"], ["unit"]),
+            helper.make_node("MatMul", ["unit", "bank"], ["similarity"]),
+            helper.make_node("TopK", ["similarity", "k"], ["nearest", "which"], axis=1),
+            helper.make_node("Gather", ["nearest", "last"], [KNN_OUTPUT], axis=1),
+        ]
+        k = min(KNN_K, len(bank))
+        constants += [
+            numpy_helper.from_array(np.array([1]), "one"),
+            numpy_helper.from_array(np.ascontiguousarray(bank.T), "bank"),
+            numpy_helper.from_array(np.array([k]), "k"),
+            numpy_helper.from_array(np.array(k - 1), "last"),
+        ]
+        outputs.append(helper.make_tensor_value_info(KNN_OUTPUT, TensorProto.FLOAT, ["batch"]))
     graph = helper.make_graph(
-        [
-            helper.make_node("ReduceMean", ["input", "axes"], ["mean"], keepdims=0),
-            helper.make_node("MatMul", ["mean", "weight"], ["logits"]),
-        ],
+        nodes,
         "colour",
         [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, IMAGE_SIZE, IMAGE_SIZE])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", len(CLASSES)])],
-        [numpy_helper.from_array(np.array([2, 3]), "axes"), numpy_helper.from_array(weight, "weight")],
+        outputs,
+        constants,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 8  # what the oldest supported onnxruntime reads

@@ -5,13 +5,16 @@ Their numbers mean nothing here: this only keeps the scripts working; nothing is
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import CLASSES, IMAGE_SIZE, REPO, make_photos, rejecting
 
+from flowerpipe.data.prepared import load_prepared
 from flowerpipe.model.build import build_model, save_trained
 
 
@@ -180,3 +183,27 @@ def test_open_set_scores_every_held_out_class_and_far_kind(
         f"full recipe, {CLASSES[0]} held out"
     ] * 5 + ["rejecting.onnx"]
     assert all(row["inputs"] == 15 and 0 <= row["all"] <= 1 for row in far)
+
+
+def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
+    photos: Path, tmp_path: Path
+) -> None:
+    options = ["--arch", "resnet18", "--weights", "null", "--size", str(IMAGE_SIZE), "--cut", CLASSES[1]]
+    options += ["--keep", "0.5", "--set", "epochs=1", "batch_size=8", "--photos", str(photos)]
+    options += ["--work", str(tmp_path), "--results", str(tmp_path / "results")]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/imbalance.py", *options], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "results" / "imbalance.json").read_text())
+    data = load_prepared(next(tmp_path.glob("**/manifest.csv")).parent)
+    train = data.labels[data.indices("train")]
+    full = {c: int((train == i).sum()) for i, c in enumerate(data.classes)}
+    assert result["train_photos"] == {**full, CLASSES[1]: math.ceil(full[CLASSES[1]] / 2)}
+    rows = result["rows"]
+    assert [row["class_balance"] for row in rows] == ["none", "weights", "sampler"]
+    for row in rows:
+        assert row["test photos"] == len(data.indices("test"))  # test untouched
+        recalls = [row[f"recall {c}"] for c in CLASSES]
+        assert row["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=2e-3)
+    assert rows[0]["accuracy gain (points)"] == "+0.00 ± 0.00"

@@ -166,8 +166,9 @@ def test_the_score_is_the_calibrated_max_softmax_and_kept_accuracy_counts_kept_p
     np.testing.assert_allclose(max_softmax(logits, 2.0), softmax(logits, 2.0).max(axis=1))
     threshold = reject_threshold(max_softmax(logits, 2.0), 0.5)
     assert threshold == max_softmax(logits, 2.0)[2]  # photos 0 and 2 are the surest
-    assert rejection_scores(logits, labels, 2.0, threshold) == {"kept": 0.5, "accuracy_kept": 0.5}
-    assert rejection_scores(logits, labels, 2.0, 1.0) == {"kept": 0.0, "accuracy_kept": None}
+    scores = max_softmax(logits, 2.0)
+    assert rejection_scores(scores, logits, labels, threshold) == {"kept": 0.5, "accuracy_kept": 0.5}
+    assert rejection_scores(scores, logits, labels, 1.0) == {"kept": 0.0, "accuracy_kept": None}
 
 
 def test_the_calibration_file_gives_its_rejection(tmp_path: Path) -> None:

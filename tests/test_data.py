@@ -556,5 +556,44 @@ def test_write_prepared_cuts_the_cache_and_writes_the_manifest_and_report(tmp_pa
         "skipped": [{"path": "c/é.jpg", "reason": "hidden"}],
         "duplicate_groups": [["a/1.jpg", "a/0.jpg"]],
         "label_conflicts": [],
+        "excluded": [],
     }
     assert '"c/é.jpg"' in (tmp_path / "report.json").read_text(encoding="utf-8")  # not escaped
+
+
+def test_exclude_leaves_out_exactly_its_photos_and_every_other_keeps_its_split(
+    photos: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    prepare(photos, tmp_path / "all")
+    before = {r["relpath"]: r for r in read_manifest(tmp_path / "all")}
+    cache = np.load(tmp_path / "all" / "images.npy")
+    by_split = {s: sorted(p for p, r in before.items() if r["split"] == s) for s in ("train", "val", "test")}
+    listed = [by_split["train"][0], by_split["train"][5], by_split["val"][1], by_split["test"][2]]
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("# reviewed\n\n" + "\n".join(f"  {p}" for p in listed) + "\n" + listed[0] + "\n")
+    out = tmp_path / "fewer"
+    metrics = dataset.prepare(photos, out, SPLIT, resize=RESIZE, workers=2, exclude=exclude)
+    rows = read_manifest(out)
+    assert {r["relpath"] for r in rows} == set(before) - set(listed)
+    assert all(r == before[r["relpath"]] for r in rows)  # every other photo keeps its split
+    position = {p: i for i, p in enumerate(before)}
+    images = np.load(out / "images.npy")
+    assert np.array_equal(images, cache[[position[r["relpath"]] for r in rows]])
+    report = json.loads((out / "report.json").read_text())
+    assert report["excluded"] == [
+        {k: before[p][k] for k in ("relpath", "label", "split")} for p in sorted(listed)
+    ]
+    assert (metrics["images"], metrics["excluded"], metrics["excluded_test"]) == (len(before) - 4, 4, 1)
+    assert "data.exclude leaves out 1 test photos" in caplog.text  # never silently
+
+
+def test_exclude_refuses_a_path_that_is_not_a_photo_of_the_data(photos: Path, tmp_path: Path) -> None:
+    exclude = tmp_path / "exclude.txt"
+    exclude.write_text("# reviewed\ndaisy/daisy_000.jpg\ndaisy/no_such.jpg\n")
+    with pytest.raises(DataError, match=rf"^{exclude}:3: daisy/no_such.jpg is not among the photos"):
+        dataset.prepare(photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=exclude)
+    assert not (tmp_path / "out").exists()  # nothing half-written
+    with pytest.raises(DataError, match=rf"^{tmp_path / 'none.txt'}: data.exclude names no such file"):
+        dataset.prepare(
+            photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=tmp_path / "none.txt"
+        )

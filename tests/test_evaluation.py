@@ -42,6 +42,18 @@ def test_confusion_matrix_counts() -> None:
     assert cm.sum() == len(Y_TRUE)
 
 
+def test_balanced_accuracy_weighs_each_class_present_the_same() -> None:
+    # 1 photo of a, right, and 9 of b, of which 3 are right; no photo of c
+    y_true = np.array([0] + [1] * 9)
+    logits = np.zeros((10, 3))
+    logits[[0, 1, 2, 3], [0, 1, 1, 1]] = 1.0
+    logits[4:, 2] = 1.0
+    headline, _ = classification_metrics(logits, y_true, CLASSES)
+    assert headline["accuracy"] == pytest.approx(4 / 10)
+    assert headline["balanced_accuracy"] == pytest.approx((1 + 3 / 9) / 2)  # c, absent, does not count
+    assert headline["macro_recall"] == pytest.approx((1 + 3 / 9) / 3)
+
+
 def test_headline_scores_by_hand() -> None:
     headline, _ = classification_metrics(LOGITS, Y_TRUE, CLASSES)
     assert headline["images"] == 6
@@ -50,6 +62,7 @@ def test_headline_scores_by_hand() -> None:
     # precision a = 1/2, b = 2/3, c = 1/1; recall a = 1/2, b = 2/2, c = 1/2
     assert headline["macro_precision"] == pytest.approx((1 / 2 + 2 / 3 + 1) / 3)
     assert headline["macro_recall"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)
+    assert headline["balanced_accuracy"] == pytest.approx((1 / 2 + 1 + 1 / 2) / 3)  # every class is there
     # F1 a = 1/2, b = 2 * 2/3 * 1 / (5/3) = 4/5, c = 2 * 1 * 1/2 / (3/2) = 2/3
     assert headline["macro_f1"] == pytest.approx((1 / 2 + 4 / 5 + 2 / 3) / 3)
     nll = [

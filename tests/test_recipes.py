@@ -363,7 +363,15 @@ FINE_TUNING_CFG = replace(
 )
 
 
-@pytest.mark.parametrize(("cfg", "stop"), [(RESUME_CFG, 2), (FINE_TUNING_CFG, 1)])
+@pytest.mark.parametrize(
+    ("cfg", "stop"),
+    [
+        (RESUME_CFG, 2),
+        (FINE_TUNING_CFG, 1),
+        (replace(RESUME_CFG, class_balance="sampler"), 2),
+        (replace(FINE_TUNING_CFG, class_balance="weights"), 1),
+    ],
+)
 def test_killed_run_resumes_to_the_same_result(
     cfg: TrainConfig, stop: int, tmp_path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

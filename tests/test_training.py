@@ -122,7 +122,7 @@ POSITIONS = [torch.tensor([3, 0, 7]), torch.tensor([5, 1])]  # an epoch's batche
 
 def feed_run(data: Prepared, cfg: TrainConfig = FEED_CFG) -> training.Run:
     model = build_model("resnet18", None, len(data.classes), seed=4)
-    return training._start_run(model, cfg, CPU)
+    return training._start_run(model, cfg, CPU, data.labels[data.splits == "train"])
 
 
 def image_feed(data: Prepared, run: training.Run) -> training.ImageFeed:

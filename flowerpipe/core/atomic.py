@@ -129,9 +129,12 @@ def write_json(path: str | os.PathLike[str], data: Any) -> None:
         tmp.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
-def write_csv(path: str | os.PathLike[str], rows: Sequence[dict[str, Any]]) -> None:
-    """Write dict rows as CSV with a header taken from the first row, atomically."""
+def write_csv(
+    path: str | os.PathLike[str], rows: Sequence[dict[str, Any]], fields: Sequence[str] | None = None
+) -> None:
+    """Write dict rows as CSV, atomically, with the header `fields` (by default the first row's
+    keys: none when there are no rows)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
+        writer = csv.DictWriter(f, fieldnames=list(fields or (rows[0] if rows else [])))
         writer.writeheader()
         writer.writerows(rows)

@@ -8,6 +8,14 @@ from collections.abc import Mapping
 
 from flowerpipe.deploy.preprocess import MEAN, STD
 
+# The rejection rules a file can name, each with the range of its score: max_softmax, the largest
+# calibrated probability; knn, the cosine similarity of the photo's features to those of its k-th
+# nearest training photo, which the file computes as the output KNN_OUTPUT.
+SCORE_RANGES = {"max_softmax": (0.0, 1.0), "knn": (-1.0, 1.0)}
+REJECT_SCORES = tuple(SCORE_RANGES)
+KNN_OUTPUT = "knn_similarity"
+KNN_K = 10  # the neighbour whose similarity is the knn score: the 10th nearest training photo
+
 
 def onnx_metadata(
     classes: list[str],

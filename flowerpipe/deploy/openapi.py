@@ -30,15 +30,24 @@ class Prediction(BaseModel):
     # present only for a model with a reject_threshold (serve leaves unset fields out of the answer)
     unknown: bool | SkipJsonSchema[None] = Field(
         None,
-        description="only for a model with a reject_threshold: true when score is below it (the photo "
-        "is likely of none of the classes, and label is null)",
+        description="only for a model with a reject_threshold: true when the photo's rejection score "
+        "(knn_similarity in a knn model, else score) is below it: the photo is likely of none of the "
+        "classes, and label is null",
         json_schema_extra=_absent_by_default,
     )
     threshold: float | SkipJsonSchema[None] = Field(
         None,
-        ge=0,
+        ge=-1,
         le=1,
         description="only for a model with a reject_threshold: that threshold",
+        json_schema_extra=_absent_by_default,
+    )
+    knn_similarity: float | SkipJsonSchema[None] = Field(
+        None,
+        ge=-1,
+        le=1,
+        description="only for a model whose reject_score is knn: the cosine similarity of the photo's "
+        "features to those of its 10th nearest training photo (lower: less like every one of them)",
         json_schema_extra=_absent_by_default,
     )
 

@@ -1,8 +1,9 @@
 """Classify photos with an exported ONNX model: onnxruntime, numpy and Pillow only, never torch.
 
 Everything the model needs besides its weights (class names, resize and crop sizes, mean and std,
-the temperature that calibrates its probabilities and the threshold below which a photo is answered
-"unknown") is read from the file's metadata, so the one `.onnx` file is the whole deployment:
+the temperature that calibrates its probabilities, and the rejection score and threshold below which
+a photo is answered "unknown") is read from the file's metadata, and a knn file computes its score
+as a second output, so the one `.onnx` file is the whole deployment:
 
     >>> predictor = Predictor("models/model.onnx")
     >>> predictor.predict(["rose.jpg"])[0]["label"]
@@ -22,10 +23,10 @@ import onnxruntime as ort
 
 from flowerpipe.core.errors import ModelError
 from flowerpipe.core.files import QUIET, unreadable, walk_images
+from flowerpipe.deploy.metadata import KNN_OUTPUT, REJECT_SCORES, SCORE_RANGES
 from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
-REJECT_SCORES = ("max_softmax",)  # the rejection rules this Predictor applies
 
 
 def _metadata(path: str | os.PathLike[str], meta: dict[str, str], key: str, read: Any, kind: type) -> Any:
@@ -55,21 +56,29 @@ def _temperature(path: str | os.PathLike[str], meta: dict[str, str]) -> float:
     return value
 
 
-def _reject_threshold(path: str | os.PathLike[str], meta: dict[str, str]) -> float | None:
-    """The metadata `reject_threshold` (None in a file without one: every photo gets a label); a
-    ModelError naming the file and the key unless the rule is known and the threshold in [0, 1]."""
+def _rejection(
+    path: str | os.PathLike[str], meta: dict[str, str], outputs: list[str]
+) -> tuple[str, float] | None:
+    """The metadata (`reject_score`, `reject_threshold`) (None in a file without them: every photo
+    gets a label); a ModelError naming the file and the key unless the rule is known, the threshold
+    in its score's range, and the file computes the score where the rule needs an output."""
     if "reject_threshold" not in meta and "reject_score" not in meta:
         return None
     rule = meta.get("reject_score")
-    if rule not in REJECT_SCORES:
+    if rule not in SCORE_RANGES:
         raise ModelError(
             f"{path}: metadata reject_score must be one of {', '.join(REJECT_SCORES)}, not {rule!r}"
         )
     value = _metadata(path, meta, "reject_threshold", float, float) if "reject_threshold" in meta else None
-    if value is None or not 0 <= value <= 1:
+    lo, hi = SCORE_RANGES[rule]
+    if value is None or not lo <= value <= hi:
         shown = meta.get("reject_threshold")
-        raise ModelError(f"{path}: metadata reject_threshold must be a number in [0, 1], not {shown!r}")
-    return value
+        raise ModelError(
+            f"{path}: metadata reject_threshold must be a number in [{lo:g}, {hi:g}], not {shown!r}"
+        )
+    if rule == "knn" and KNN_OUTPUT not in outputs:
+        raise ModelError(f"{path}: metadata reject_score is knn, but the model has no {KNN_OUTPUT} output")
+    return rule, value
 
 
 def inference_session(
@@ -109,8 +118,12 @@ class Predictor:
         self.mean: list[float] = _metadata(model_path, meta, "mean", json.loads, list)
         self.std: list[float] = _metadata(model_path, meta, "std", json.loads, list)
         self.temperature = _temperature(model_path, meta)
-        self.threshold: float | None = _reject_threshold(model_path, meta)
         self.input_name = self.session.get_inputs()[0].name
+        outputs = [o.name for o in self.session.get_outputs()]
+        rejection = _rejection(model_path, meta, outputs)
+        self.reject_score: str | None = rejection and rejection[0]
+        self.threshold: float | None = rejection and rejection[1]
+        self._score_at = outputs.index(KNN_OUTPUT) if self.reject_score == "knn" else None
 
     def load(self, source: str | os.PathLike[str] | BinaryIO, max_pixels: int | None = None) -> np.ndarray:
         """One image file -> the uint8 HWC crop the model sees (the evaluation preprocessing); an
@@ -119,11 +132,21 @@ class Predictor:
 
     def logits(self, crops: np.ndarray) -> np.ndarray:
         """Logits for uint8 NHWC crops of `image_size`."""
-        return self.session.run(None, {self.input_name: to_model_input(crops, self.mean, self.std)})[0]
+        return self._run(crops)[0]
+
+    def _run(self, crops: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: to_model_input(crops, self.mean, self.std)})
 
     def probabilities(self, crops: np.ndarray) -> np.ndarray:
         """Calibrated class probabilities, softmax(logits / temperature), for uint8 NHWC crops."""
         return softmax(self.logits(crops), self.temperature)
+
+    def scored(self, crops: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The calibrated probabilities of uint8 NHWC crops, and each crop's rejection score: its
+        knn similarity in a knn file, else its largest probability."""
+        outputs = self._run(crops)
+        probs = softmax(outputs[0], self.temperature)
+        return probs, probs.max(axis=1) if self._score_at is None else outputs[self._score_at]
 
     def predict(
         self, sources: Sequence[str | os.PathLike[str] | BinaryIO], top_k: int = 3
@@ -133,22 +156,25 @@ class Predictor:
 
     def answer(self, crops: np.ndarray, top_k: int = 3) -> list[dict[str, Any]]:
         """Label, score and the `top_k` classes for each of the uint8 NHWC crops, in one model call."""
-        return [self._answer(p, top_k) for p in self.probabilities(crops)]
+        return [self._answer(p, s, top_k) for p, s in zip(*self.scored(crops), strict=True)]
 
-    def _answer(self, probs: np.ndarray, top_k: int) -> dict[str, Any]:
+    def _answer(self, probs: np.ndarray, reject_by: float, top_k: int) -> dict[str, Any]:
         """Label, score and top_k; with a threshold in the metadata also `unknown` and `threshold`,
-        and `label` None where the score (the largest probability, unrounded) is below it."""
+        and `label` None where the rejection score `reject_by` (unrounded) is below it; a knn file
+        also answers its `knn_similarity`."""
         order = np.argsort(-probs, kind="stable")[: max(top_k, 1)]
         top = [{"label": self.classes[i], "score": round(float(probs[i]), 6)} for i in order]
         answer = {"label": top[0]["label"], "score": top[0]["score"], "top_k": top[:top_k]}
         if self.threshold is None:
             return answer
-        unknown = bool(probs[order[0]] < self.threshold)
+        unknown = bool(reject_by < self.threshold)
+        knn = {"knn_similarity": round(float(reject_by), 6)} if self.reject_score == "knn" else {}
         return {
             **answer,
             "label": None if unknown else answer["label"],
             "unknown": unknown,
             "threshold": self.threshold,
+            **knn,
         }
 
     def predict_paths(
@@ -182,12 +208,12 @@ class Predictor:
         self, batch: list[tuple[str, np.ndarray | str]], top_k: int
     ) -> Iterator[dict[str, Any]]:
         good = [crop for _, crop in batch if isinstance(crop, np.ndarray)]
-        probs = iter(self.probabilities(np.stack(good))) if good else iter(())
+        scored = zip(*self.scored(np.stack(good)), strict=True) if good else iter(())
         for path, crop in batch:
             if isinstance(crop, str):
                 yield {"path": path, "error": crop}
             else:
-                yield {"path": path, **self._answer(next(probs), top_k)}
+                yield {"path": path, **self._answer(*next(scored), top_k)}
 
 
 def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, str | None]]:

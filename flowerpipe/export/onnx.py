@@ -30,9 +30,15 @@ OUTPUT_NAME = "logits"
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike[str], image_size: int, metadata: dict[str, str], opset: int = 18
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    image_size: int,
+    metadata: dict[str, str],
+    opset: int = 18,
+    outputs: tuple[str, ...] = (OUTPUT_NAME,),
 ) -> None:
-    """Write `model` as a single ONNX file with a dynamic batch axis and `metadata`, checked.
+    """Write `model` as a single ONNX file with a dynamic batch axis and `metadata`, checked; its
+    `outputs` name what the model returns, logits first (a model with a knn score returns two).
 
     Not atomic by itself: write to a temporary path and move it after `check_parity`."""
     model = model.eval().cpu()
@@ -44,7 +50,7 @@ def export_onnx(
             (example,),
             dynamo=True,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=list(outputs),
             dynamic_shapes=({0: torch.export.Dim("batch")},),
             opset_version=opset,
             verbose=False,
@@ -74,9 +80,10 @@ def check_parity(
     seed: int = 0,
     shown_as: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
-    """Compare ONNX Runtime with PyTorch (fp32, CPU) on `images` (uint8 NHWC squares, read a batch
-    at a time) and on random batches of 1 and 7; raises ParityError, naming the file `shown_as`
-    (default `onnx_path`), when outside `tolerance`'s rtol, atol and min_top1_agreement."""
+    """Compare ONNX Runtime with PyTorch (fp32, CPU), every output (the logits and any knn score),
+    on `images` (uint8 NHWC squares, read a batch at a time) and on random batches of 1 and 7;
+    raises ParityError, naming the file `shown_as` (default `onnx_path`), when outside
+    `tolerance`'s rtol, atol and min_top1_agreement."""
     rtol, atol, min_top1_agreement = tolerance.rtol, tolerance.atol, tolerance.min_top1_agreement
     model = model.eval().cpu()
     sess = inference_session(onnx_path)
@@ -85,13 +92,14 @@ def check_parity(
     agree = total = 0
     within = True
     for real, x in parity_inputs(images, image_size, batch_size, seed):
-        expected, actual = _both_logits(model, sess, x, shown)
-        diff = np.abs(actual - expected)
-        max_abs = max(max_abs, float(diff.max()))
-        max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
-        within &= bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
+        both = _both_outputs(model, sess, x, shown)
+        for expected, actual in both:
+            diff = np.abs(actual - expected)
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / np.maximum(np.abs(expected), 1e-12)).max()))
+            within &= bool(np.allclose(actual, expected, rtol=rtol, atol=atol))
         if real:
-            agree += top1_agreements(actual, expected, rtol, atol)
+            agree += top1_agreements(both[0][1], both[0][0], rtol, atol)
             total += len(x)
     result = {
         "images": total,
@@ -123,22 +131,24 @@ def parity_inputs(
     return itertools.chain(photos, noise)
 
 
-def _both_logits(
+def _both_outputs(
     model: nn.Module, sess: ort.InferenceSession, x: np.ndarray, shown: str | os.PathLike[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """PyTorch's and ONNX Runtime's logits for `x`; raises ParityError, naming `shown`, where
-    either holds a NaN or inf."""
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """PyTorch's and ONNX Runtime's outputs for `x`, a pair per output, logits first; raises
+    ParityError, naming `shown`, where either holds a NaN or inf."""
     with torch.inference_mode():
-        expected = model(torch.from_numpy(x)).numpy()
-    if not np.isfinite(expected).all():
+        found = model(torch.from_numpy(x))
+    expected = [t.numpy() for t in (found if isinstance(found, tuple) else (found,))]
+    if not all(np.isfinite(e).all() for e in expected):
         raise ParityError(
             f"{shown}: PyTorch's own logits are not finite (NaN or inf), so there is "
             "nothing to compare: the weights are broken (did training diverge?)"
         )
-    actual = sess.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
-    if not np.isfinite(actual).all():
-        raise ParityError(
-            f"{shown}: ONNX Runtime's logits are not finite where PyTorch's are "
-            f"(NaN or inf in {int((~np.isfinite(actual)).sum())} of {actual.size})"
-        )
-    return expected, actual
+    actual = sess.run(None, {INPUT_NAME: x})
+    for name, a in zip((o.name for o in sess.get_outputs()), actual, strict=True):
+        if not np.isfinite(a).all():
+            raise ParityError(
+                f"{shown}: ONNX Runtime's {name} are not finite where PyTorch's are "
+                f"(NaN or inf in {int((~np.isfinite(a)).sum())} of {a.size})"
+            )
+    return list(zip(expected, actual, strict=True))

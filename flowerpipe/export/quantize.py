@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -122,6 +122,7 @@ def quantize_int8(
     # ONNX Runtime prints a line per calibration batch
     with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         prepared = prepared or pre_process(fp32_path, Path(tmp))
+        score_nodes = score_only_nodes(prepared.path)
         quantize_static(
             prepared.path,
             int8_path,
@@ -132,11 +133,25 @@ def quantize_int8(
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod[setting.method],
-            nodes_to_exclude=list(setting.excluded_nodes),
+            nodes_to_exclude=[*setting.excluded_nodes, *score_nodes],
             extra_options={"CalibStridedMinMax": 1},  # one batch at a time, whatever the method
             calibration_cache_path=cache,
         )
-    _set_metadata(int8_path, {**fp32.metadata, "quantization": setting.describe()})
+    _set_metadata(int8_path, {**fp32.metadata, "quantization": setting.describe()}, float16_for=score_nodes)
+
+
+def score_only_nodes(path: str | os.PathLike[str]) -> list[str]:
+    """The nodes of the model at `path` that its logits (the first output) do not need: a knn
+    score's, which stay in float, as int8 would round the training photos' features it holds."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    maker = {out: node for node in graph.node for out in node.output}
+    needed, todo = set(), [graph.output[0].name]
+    while todo:
+        node = maker.get(todo.pop())
+        if node is not None and node.name not in needed:
+            needed.add(node.name)
+            todo.extend(node.input)
+    return [node.name for node in graph.node if node.name not in needed]
 
 
 @dataclass(frozen=True)
@@ -176,11 +191,37 @@ def photos_held(per_photo: int, most: int, copies: int = 1) -> int:
     return max(1, min(most, ACTIVATION_BYTES // max(1, copies * per_photo)))
 
 
-def _set_metadata(path: str | os.PathLike[str], props: dict[str, str]) -> None:
+def _set_metadata(
+    path: str | os.PathLike[str], props: dict[str, str], float16_for: Collection[str] = ()
+) -> None:
     model = onnx.load(str(path))
     onnx.helper.set_model_props(model, props)
+    _float16_constants(model.graph, set(float16_for))
     onnx.checker.check_model(model, full_check=True)
     onnx.save_model(model, str(path))
+
+
+def _float16_constants(graph: onnx.GraphProto, nodes: set[str]) -> None:
+    """Store in float16, read through a Cast, each float32 constant that only `nodes` read and
+    that float16 holds exactly: the knn score's training features, which export keeps in float16
+    and `pre_process` folds into float32, twice the size."""
+    readers: dict[str, set[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, set()).add(node.name)
+    for constant in graph.initializer:
+        read_by = readers.get(constant.name)
+        if constant.data_type != onnx.TensorProto.FLOAT or not read_by or not read_by <= nodes:
+            continue
+        values = onnx.numpy_helper.to_array(constant)
+        if not np.array_equal(values.astype(np.float16).astype(np.float32), values):
+            continue
+        name = constant.name
+        constant.CopyFrom(onnx.numpy_helper.from_array(values.astype(np.float16), f"{name}_float16"))
+        cast = onnx.helper.make_node(
+            "Cast", [constant.name], [name], f"{name}_cast", to=onnx.TensorProto.FLOAT
+        )
+        graph.node.insert(0, cast)
 
 
 def largest_int8_weight(path: str | os.PathLike[str]) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 import os
 import pickle
@@ -188,6 +189,13 @@ def head_name(model: nn.Module) -> str:
     name, _ = _last_classifier(model)
     parent = name.rpartition(".")[0]
     return parent if parent and isinstance(model.get_submodule(parent), Head) else name
+
+
+def headless(model: nn.Module) -> nn.Module:
+    """A copy of `model` whose classifier head is taken out: its outputs are the head's inputs."""
+    body = copy.deepcopy(model)
+    body.set_submodule(head_name(model), nn.Identity())
+    return body
 
 
 def freeze(model: nn.Module, spec: str | list[str]) -> list[str]:

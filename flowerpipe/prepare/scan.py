@@ -15,6 +15,7 @@ import os
 import shutil
 import stat
 import statistics
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from flowerpipe.data.cache import ImageCache
 from flowerpipe.data.prepared import MANIFEST_FIELDS
 from flowerpipe.deploy import preprocess
 from flowerpipe.prepare.duplicates import dhash, duplicate_groups
+from flowerpipe.prepare.exclude import exclude_rows, move_up
 from flowerpipe.prepare.split import assign_splits, split_counts
 
 if TYPE_CHECKING:  # a type only: the config is built above this package
@@ -117,6 +119,7 @@ def prepare(
     *,
     resize: int,
     label_conflicts: str = "keep",
+    exclude: Path | None = None,
     workers: int | None = None,
 ) -> dict[str, Any]:
     """Validate, decode and split (as `split` says) the photos under `root` into `out_dir`, each
@@ -125,7 +128,8 @@ def prepare(
     Photos with the same bytes, and those whose difference hashes differ in at most
     `split.near_duplicates` bits (None: exact duplicates only), form a group that the split keeps
     together. A group whose photos are filed under several classes is a label conflict, listed in
-    the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop")."""
+    the report; `label_conflicts` says whether its photos are kept ("keep") or left out ("drop").
+    The photos the file `exclude` lists are left out once the split is drawn (see `exclude`)."""
     classes, files, skipped = find_photos(root)
     with atomic_dir(out_dir) as tmp:
         _check_free_disk(out_dir, len(files) * resize * resize * 3)
@@ -137,14 +141,18 @@ def prepare(
         if label_conflicts == "drop":
             rows, duplicates, left_out = drop_conflicts(rows, duplicates, images)
             skipped += left_out
-        images.close()
         _check_every_class(root, classes, rows)
         rows = split_rows(rows, duplicates.groups, split)
+        rows, excluded = exclude_rows(rows, images, exclude) if exclude else (rows, [])
+        images.close()
+        _check_every_class(root, classes, rows)
         _log_findings(skipped, duplicates.conflicts)
-        write_prepared(tmp, rows, classes, skipped, duplicates, resize=resize, root=root)
+        write_prepared(tmp, rows, classes, skipped, duplicates, resize=resize, root=root, excluded=excluded)
     return dataset_metrics(rows, skipped) | {
         "duplicate_groups": len(duplicates.together),
         "label_conflicts": len(duplicates.conflicts),
+        "excluded": len(excluded),
+        "excluded_test": sum(row["split"] == "test" for row in excluded),
     }
 
 
@@ -196,8 +204,7 @@ def drop_conflicts(
     left_out = {p for paths in duplicates.conflicts for p in paths}
     skipped = [Skipped(p, "label conflict, left out (data.label_conflicts)") for p in sorted(left_out)]
     keep = [i for i, row in enumerate(rows) if row["relpath"] not in left_out]
-    for j, i in enumerate(keep):  # forward, so a row moves only onto one already moved
-        images[j] = images[i]
+    move_up(images, keep)
     groups = [duplicates.groups[i] for i in keep]
     return [rows[i] for i in keep], replace(duplicates, groups=groups), skipped
 
@@ -233,8 +240,10 @@ def write_prepared(
     *,
     resize: int,
     root: Path,
+    excluded: Sequence[Row] = (),
 ) -> None:
-    """Cut `folder`'s images.npy to `rows`, and write manifest.csv, dataset.json and report.json."""
+    """Cut `folder`'s images.npy to `rows`, and write manifest.csv, dataset.json and report.json
+    (with the photos `excluded` by data.exclude: relpath, label, split)."""
     _keep_rows(folder / "images.npy", len(rows))
     with open(folder / "manifest.csv", "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=MANIFEST_FIELDS)
@@ -247,6 +256,7 @@ def write_prepared(
         "skipped": [s.__dict__ for s in skipped],
         "duplicate_groups": duplicates.together,  # kept in one split; exact or near duplicates
         "label_conflicts": duplicates.conflicts,
+        "excluded": [{k: row[k] for k in ("relpath", "label", "split")} for row in excluded],
     }
     (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False) + "\n")
 

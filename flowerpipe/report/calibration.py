@@ -1,7 +1,8 @@
 """Temperature scaling: one scalar T > 0 that divides the logits so that softmax(logits / T) is
 calibrated (Guo et al., 2017), fitted on the val split, and the scores that show its effect; and
 the threshold below which a photo is answered "unknown" (open-set rejection by the maximum
-calibrated softmax probability, Hendrycks & Gimpel, 2017), also chosen on val.
+calibrated softmax probability, Hendrycks & Gimpel, 2017, or by the knn similarity that
+flowerpipe.model.knn computes), also chosen on val.
 numpy only; it never changes which class is predicted, only how sure the answer says it is."""
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from flowerpipe.core.errors import DataError
-from flowerpipe.deploy.predict import REJECT_SCORES, softmax
+from flowerpipe.deploy.metadata import REJECT_SCORES, SCORE_RANGES
+from flowerpipe.deploy.predict import softmax
 from flowerpipe.report.metrics import expected_calibration_error
 
 # T is searched in [1/20, 20]: wider than any temperature a trained classifier needs, narrow enough
 # that a val split the model separates perfectly (NLL falling towards T = 0) still gets a number.
 LOG_T_BOUNDS = (-math.log(20.0), math.log(20.0))
 GOLDEN = (math.sqrt(5) - 1) / 2
-REJECT_SCORE = REJECT_SCORES[0]  # the rule Predictor applies: a photo's score is its largest probability
 
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
@@ -136,13 +137,12 @@ def reject_threshold(scores: np.ndarray, keep: float) -> float:
 
 
 def rejection_scores(
-    logits: np.ndarray, labels: np.ndarray, temperature: float, threshold: float
+    scores: np.ndarray, logits: np.ndarray, labels: np.ndarray, threshold: float
 ) -> dict[str, float | None]:
-    """Of the images whose max_softmax score is >= `threshold`: their share, and the accuracy on
-    them (None where none is kept)."""
-    probs = softmax(np.asarray(logits, np.float64), temperature)
-    kept = probs.max(axis=1) >= threshold
-    right = probs.argmax(axis=1) == np.asarray(labels)
+    """Of the images whose rejection score is >= `threshold`: their share, and the accuracy of
+    `logits` on them (None where none is kept)."""
+    kept = np.asarray(scores) >= threshold
+    right = np.asarray(logits).argmax(axis=1) == np.asarray(labels)
     return {
         "kept": float(kept.mean()) if len(kept) else 0.0,
         "accuracy_kept": float(right[kept].mean()) if kept.any() else None,
@@ -152,13 +152,14 @@ def rejection_scores(
 def read_rejection(path: str | os.PathLike[str]) -> tuple[str, float] | None:
     """The (`reject_score`, `reject_threshold`) in the calibration file that evaluate writes, or
     None where rejection is off (both null or absent); a DataError naming the file and the key when
-    they are not the known rule and a number in [0, 1]."""
+    they are not a known rule and a number in its score's range."""
     found = _read(path)
     rule, threshold = (found.get(key) for key in ("reject_score", "reject_threshold"))
     if rule is None and threshold is None:
         return None
-    if rule != REJECT_SCORE:
-        raise DataError(f"{path}: reject_score must be {REJECT_SCORE!r}, not {rule!r}")
-    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not 0 <= threshold <= 1:
-        raise DataError(f"{path}: reject_threshold must be a number in [0, 1], not {threshold!r}")
+    if rule not in SCORE_RANGES:
+        raise DataError(f"{path}: reject_score must be one of {', '.join(REJECT_SCORES)}, not {rule!r}")
+    lo, hi = SCORE_RANGES[rule]
+    if isinstance(threshold, bool) or not isinstance(threshold, int | float) or not lo <= threshold <= hi:
+        raise DataError(f"{path}: reject_threshold must be a number in [{lo:g}, {hi:g}], not {threshold!r}")
     return rule, float(threshold)

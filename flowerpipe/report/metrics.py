@@ -34,7 +34,8 @@ def expected_calibration_error(probs: np.ndarray, y_true: np.ndarray, bins: int 
 def classification_metrics(
     logits: np.ndarray, y_true: np.ndarray, classes: Sequence[str]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Headline scores (accuracy, top-2, mean loss, ECE, macro and per-class precision/recall/F1)
+    """Headline scores (accuracy, balanced accuracy: the mean recall of the classes present, top-2,
+    mean loss, ECE, macro and per-class precision/recall/F1)
     and the per-class scores again as one row per class (the form DVC's bar plots read)."""
     probs = softmax(logits)
     y_pred = probs.argmax(axis=1)
@@ -50,6 +51,7 @@ def classification_metrics(
     headline: dict[str, Any] = {
         "images": n,
         "accuracy": float((y_pred == y_true).mean()),
+        "balanced_accuracy": float(recall[cm.sum(axis=1) > 0].mean()),  # each class present counts the same
         "top2_accuracy": float((top2 == y_true[:, None]).any(axis=1).mean()),
         "loss": float(-log_probs.mean()),
         "ece": expected_calibration_error(probs, y_true),

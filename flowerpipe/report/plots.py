@@ -1,6 +1,6 @@
 """Figures a person reads at a glance: training curves, a confusion matrix with counts, the most
-confidently wrong test photos and a reliability diagram; and the readers of the files they are
-drawn from."""
+confidently wrong test photos, a reliability diagram and the audit's likely mislabeled photos;
+and the readers of the files they are drawn from."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import csv
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -68,19 +69,40 @@ def mistakes_figure(
 ) -> Figure:
     """A grid of photos (uint8 HxWx3) with their true and predicted class and the predicted
     probability; `rows` are the matching lines of predictions.csv."""
-    count = max(len(images), 1)
-    lines = -(-count // columns)
-    fig = Figure(figsize=(2.6 * columns, 2.9 * lines + 0.4), layout="constrained")
-    fig.suptitle(
-        f"The {len(images)} most confidently wrong test photos" if images else "No wrong test photos"
-    )
+    titles = [
+        f"true: {r['actual']}\npredicted: {r['predicted']} ({float(r['p_' + r['predicted']]):.0%})"
+        for r in rows
+    ]
+    heading = f"The {len(images)} most confidently wrong test photos" if images else "No wrong test photos"
+    return photo_grid(images, titles, heading, columns)
+
+
+def suspects_figure(
+    images: Sequence[np.ndarray], issues: Sequence[Mapping[str, Any]], columns: int = 5
+) -> Figure:
+    """A grid of the most suspect photos of the audit's label issues: each with its given and
+    suggested class and its label quality score."""
+    titles = [
+        f"{Path(i['relpath']).name[:24]}\ngiven: {i['given']} (score {float(i['score']):.1g})"
+        f"\nsuggested: {i['suggested']}"
+        for i in issues
+    ]
+    heading = f"The {len(images)} most likely mislabeled photos" if images else "No likely mislabeled photos"
+    return photo_grid(images, titles, heading, columns)
+
+
+def photo_grid(images: Sequence[np.ndarray], titles: Sequence[str], heading: str, columns: int) -> Figure:
+    """Photos (uint8 HxWx3) in a grid of `columns`, each under its title."""
+    lines = -(-max(len(images), 1) // columns)
+    title_lines = max((t.count("\n") + 1 for t in titles), default=1)
+    fig = Figure(figsize=(2.6 * columns, (2.5 + 0.2 * title_lines) * lines + 0.4), layout="constrained")
+    fig.suptitle(heading)
     axes = np.atleast_1d(fig.subplots(lines, columns, squeeze=False)).ravel()
     for ax in axes:
         ax.axis("off")
-    for ax, image, row in zip(axes, images, rows, strict=False):
+    for ax, image, title in zip(axes, images, titles, strict=False):
         ax.imshow(image)
-        p = float(row[f"p_{row['predicted']}"])
-        ax.set_title(f"true: {row['actual']}\npredicted: {row['predicted']} ({p:.0%})", fontsize=9)
+        ax.set_title(title, fontsize=9)
     return fig
 
 
@@ -135,6 +157,12 @@ def read_predictions(path: str | os.PathLike[str]) -> tuple[list[str], list[dict
         reader = csv.DictReader(f)
         classes = [c[2:] for c in reader.fieldnames or [] if c.startswith("p_")]
         return classes, list(reader)
+
+
+def read_label_issues(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of the audit's label_issues.csv, most suspect first."""
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
 
 
 def read_history(folder: str | os.PathLike[str]) -> dict[str, list[tuple[float, float]]]:

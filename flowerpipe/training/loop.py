@@ -17,7 +17,6 @@ the checkpoint.
 from __future__ import annotations
 
 import contextlib
-import copy
 import hashlib
 import json
 import math
@@ -45,6 +44,7 @@ from flowerpipe.model.build import (
     backbone_modules,
     freeze,
     head_name,
+    headless,
     learn_backbone,
     load_torch_file,
     num_outputs,
@@ -53,6 +53,7 @@ from flowerpipe.model.build import (
 from flowerpipe.model.devices import autocast_dtype
 from flowerpipe.model.inference import folded_where_fixed, for_inference, predict_logits
 from flowerpipe.model.transforms import augment_batch, build_augment, center_crop_batch, normalize
+from flowerpipe.training.balance import loss_weights, train_sampler
 from flowerpipe.training.distributed import from_main, rank_and_size, same_as_main, sum_over_processes
 from flowerpipe.training.schedule import lr_factor, set_learning_rates
 
@@ -114,12 +115,15 @@ def make_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
 class Run:
     """Everything one training run changes, and so everything a checkpoint must hold."""
 
-    def __init__(self, model: nn.Module, cfg: TrainConfig, device: torch.device, frozen: list[str]) -> None:
+    def __init__(
+        self, model: nn.Module, cfg: TrainConfig, device: torch.device, frozen: list[str], train_y: np.ndarray
+    ) -> None:
         self.model, self.cfg, self.device, self.frozen = model, cfg, device, frozen
         self.dtype = autocast_dtype(device, cfg.precision)
         self.optimizer = make_optimizer(model, cfg)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.dtype == torch.float16)
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+        weights = loss_weights(train_y, num_outputs(model)) if cfg.class_balance == "weights" else None
+        self.loss_fn = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.label_smoothing).to(device)
         self.mix = make_mix(cfg, num_outputs(model))
         self.ema: AveragedModel | None = None  # made by `average`, once the trained net is known
         self.ema_prefix = ""
@@ -208,7 +212,7 @@ def fit(
     0 writes the checkpoint and keeps `best_state`."""
     rank, world = rank_and_size()
     _check_processes(cfg, len(val_idx), world)
-    run = _start_run(model, cfg, device)
+    run = _start_run(model, cfg, device, labels[train_idx])
     saved = _resume(run, checkpoint, key, rank, on_epoch)
     if run.result.finished:
         return run.result
@@ -240,16 +244,17 @@ def _check_processes(cfg: TrainConfig, val_photos: int, world: int) -> None:
         raise FlowerpipeError(f"the val split has {val_photos} photos, fewer than the {world} processes")
 
 
-def _start_run(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Run:
+def _start_run(model: nn.Module, cfg: TrainConfig, device: torch.device, train_y: np.ndarray) -> Run:
     """Freeze what `train.freeze` names, move `model` to `device` in its fastest layout, and make
-    the optimizer and the rest of the run around it."""
+    the optimizer and the rest of the run around it (its loss weighs the classes of the train
+    labels `train_y` as `train.class_balance` says)."""
     frozen = freeze(model, cfg.freeze)
     if device.type in ("cuda", "cpu"):
         model.to(memory_format=torch.channels_last)  # faster convolutions on both
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed input sizes: pick the fastest kernels once
     model.to(device)
-    return Run(model, cfg, device, frozen)
+    return Run(model, cfg, device, frozen, train_y)
 
 
 def _resume(
@@ -299,11 +304,9 @@ class EpochPlan:
 def _plan_epochs(run: Run, feed: Feed, train_y: np.ndarray, val_y: np.ndarray, val_total: int) -> EpochPlan:
     """This process's epochs over `feed`, with the labels of the train split and of its val share."""
     rank, world = rank_and_size()
-    # The same shuffle in every process; rank r takes every world-th position of it, so that the
+    # The same draw in every process; rank r takes every world-th position of it, so that the
     # processes' shares of a batch together are the batch a single process would take.
-    sampler = DistributedSampler(
-        range(len(train_y)), num_replicas=world, rank=rank, seed=run.cfg.seed, drop_last=True
-    )
+    sampler = train_sampler(run.cfg.class_balance, train_y, world, rank, run.cfg.seed)
     batches = Batches(sampler.num_samples, run.cfg.batch_size // world)
     train_labels, val_labels = torch.from_numpy(train_y).to(run.device), torch.from_numpy(val_y)
     return EpochPlan(run, feed, train_labels, val_labels, val_total, sampler, batches, rank, world)
@@ -530,9 +533,7 @@ def _head_inputs(run: Run, images: Images, splits: tuple[np.ndarray, ...], size:
     head = run.model.get_submodule(name)
     # The model with its head left out, folded: torch.fx inlines a head of several layers, so a
     # hook on the head would never run.
-    headless = copy.deepcopy(run.model)
-    headless.set_submodule(name, nn.Identity())
-    model = for_inference(headless)
+    model = for_inference(headless(run.model))
     feats = []
     with torch.inference_mode(), run.autocast():
         for idx, desc in zip(splits, ("features (train)", "features (val)"), strict=True):

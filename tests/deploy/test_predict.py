@@ -16,6 +16,7 @@ from conftest import CLASSES, REPO, make_photos, rejecting, unprivileged, with_m
 from flowerpipe.core.errors import ModelError
 from flowerpipe.deploy import predict
 from flowerpipe.deploy.predict import Predictor
+from flowerpipe.deploy.preprocess import to_model_input
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -280,6 +281,34 @@ def test_a_threshold_of_0_keeps_every_photo_and_1_none(
     assert [a["unknown"] for a in none] == [True] * 6 and {a["label"] for a in none} == {None}
 
 
+def test_a_knn_model_answers_unknown_below_its_similarity_threshold(
+    knn_model: Path, photos: Path, tmp_path: Path
+) -> None:
+    files = sorted(photos.rglob("*.jpg"))[::3]
+    plain = Predictor(knn_model)
+    assert plain.threshold is None and plain.predict(files)[0].keys() == {"label", "score", "top_k"}
+    crops = np.stack([plain.load(f) for f in files])
+    probs, similarity = plain.scored(crops)  # no threshold: the score is the largest probability
+    assert np.array_equal(similarity, probs.max(axis=1))
+    similarity = plain.session.run(["knn_similarity"], {plain.input_name: to_model_input(crops)})[0]
+    ranked = np.sort(similarity)
+    threshold = float(ranked[len(ranked) // 2 - 1] + ranked[len(ranked) // 2]) / 2  # half below
+    strict = Predictor(rejecting(knn_model, tmp_path / "knn.onnx", threshold, "knn"))
+    assert (strict.reject_score, strict.threshold) == ("knn", threshold)
+    assert np.array_equal(strict.scored(crops)[1], similarity)
+    answers = strict.predict(files)
+    assert sum(a["unknown"] for a in answers) == len(files) // 2
+    for answer, s, p in zip(answers, similarity, probs, strict=True):
+        assert answer.keys() == {"label", "score", "top_k", "unknown", "threshold", "knn_similarity"}
+        assert answer["knn_similarity"] == round(float(s), 6) and answer["score"] == round(float(p.max()), 6)
+        assert answer["unknown"] == (s < threshold) == (answer["label"] is None)
+    # a negative threshold is a knn similarity like any other
+    assert not any(
+        a["unknown"]
+        for a in Predictor(rejecting(knn_model, tmp_path / "low.onnx", -1.0, "knn")).predict(files)
+    )
+
+
 @pytest.mark.parametrize(
     ("changes", "key"),
     [
@@ -289,6 +318,8 @@ def test_a_threshold_of_0_keeps_every_photo_and_1_none(
         ({"reject_score": "max_softmax", "reject_threshold": "high"}, "reject_threshold"),
         ({"reject_score": "max_softmax", "reject_threshold": "1.5"}, "reject_threshold"),
         ({"reject_score": "max_softmax", "reject_threshold": "nan"}, "reject_threshold"),
+        ({"reject_score": "max_softmax", "reject_threshold": "-0.5"}, "reject_threshold"),
+        ({"reject_score": "knn", "reject_threshold": "0.5"}, "reject_score"),  # no knn_similarity output
     ],
 )
 def test_a_bad_metadata_threshold_is_refused_in_one_line(

@@ -80,9 +80,9 @@ def test_batch_is_one_model_call_with_the_single_answers(
         client.post("/predict", content=p, headers={"Content-Type": "image/jpeg"}).json() for p in photos
     ]
     calls: list[int] = []
-    real = Predictor.logits
+    real = Predictor.scored
     monkeypatch.setattr(
-        Predictor, "logits", lambda self, crops: calls.append(len(crops)) or real(self, crops)
+        Predictor, "scored", lambda self, crops: calls.append(len(crops)) or real(self, crops)
     )
     files = [("files", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
     response = client.post("/predict/batch", files=files)
@@ -93,11 +93,16 @@ def test_batch_is_one_model_call_with_the_single_answers(
     assert [a["score"] for a in answers] == pytest.approx([s["score"] for s in single], abs=1e-5)
 
 
-def test_a_photo_below_the_threshold_is_answered_unknown(onnx_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("score", ["max_softmax", "knn"])
+def test_a_photo_below_the_threshold_is_answered_unknown(
+    score: str, onnx_model: Path, knn_model: Path, tmp_path: Path
+) -> None:
+    source = knn_model if score == "knn" else onnx_model
     photos = [jpeg(seed, label) for seed, label in enumerate(CLASSES * 2)]
-    scores = sorted(a["score"] for a in Predictor(onnx_model).predict(list(map(io.BytesIO, photos))))
-    threshold = (scores[2] + scores[3]) / 2  # three of the six below
-    model = rejecting(onnx_model, tmp_path / "strict.onnx", threshold)
+    keeps_all = Predictor(rejecting(source, tmp_path / "all.onnx", -1.0 if score == "knn" else 0.0, score))
+    scores = sorted(keeps_all.scored(np.stack([keeps_all.load(io.BytesIO(p)) for p in photos]))[1])
+    threshold = float(scores[2] + scores[3]) / 2  # three of the six below
+    model = rejecting(source, tmp_path / "strict.onnx", threshold, score)
     expected = Predictor(model).predict(list(map(io.BytesIO, photos)), top_k=2)
     client = TestClient(create_app(model))
     single = [
@@ -110,7 +115,8 @@ def test_a_photo_below_the_threshold_is_answered_unknown(onnx_model: Path, tmp_p
     for answer in single:
         PredictResponse.model_validate(answer)  # the schema the OpenAPI description gives
         assert answer["threshold"] == threshold
-        assert (answer["label"] is None) == answer["unknown"] == (answer["score"] < threshold)
+        by = answer["knn_similarity"] if score == "knn" else answer["score"]
+        assert (answer["label"] is None) == answer["unknown"] == (by < threshold)
     files = [("files", (f"{i}.jpg", p, "image/jpeg")) for i, p in enumerate(photos)]
     batch = client.post("/predict/batch?top_k=2", files=files).json()
     BatchResponse.model_validate(batch)
@@ -299,18 +305,22 @@ def chromium() -> str:
 
 
 @pytest.mark.browser
-@pytest.mark.parametrize("threshold", [None, 1.0])
+@pytest.mark.parametrize("score", [None, "max_softmax", "knn"])
 def test_page_classifies_a_real_photo_in_a_browser(
-    onnx_model: Path, chromium: str, real_photos: Path, tmp_path: Path, threshold: float | None
+    onnx_model: Path, knn_model: Path, chromium: str, real_photos: Path, tmp_path: Path, score: str | None
 ) -> None:
     """Headless Chromium opens the page, picks a real flower photo in its file input, and shows
     the service's answer: the label, and one bar per class; with a model whose threshold the photo
-    is below (1.0: every photo), "unknown" in place of the label, and the bars still."""
+    is below (1.0: every photo), "unknown" in place of the label, why in the rule's terms, and the
+    bars still."""
     from playwright.sync_api import sync_playwright
 
     photo = sorted((real_photos / "roses").glob("*.jpg"))[0]
-    if threshold is not None:
-        onnx_model = rejecting(onnx_model, tmp_path / "strict.onnx", threshold)
+    threshold = None if score is None else 1.0
+    if score is not None:
+        onnx_model = rejecting(
+            knn_model if score == "knn" else onnx_model, tmp_path / "strict.onnx", 1.0, score
+        )
     expected = Predictor(onnx_model).predict([photo], top_k=len(CLASSES))[0]
     port = free_port()
     server = subprocess.Popen(
@@ -333,13 +343,14 @@ def test_page_classifies_a_real_photo_in_a_browser(
             page.set_input_files("#file", str(photo))
             page.wait_for_selector("body[data-state=done]", timeout=30_000)
             label = page.text_content("#label")
+            why = page.text_content("#why")
             bars = page.eval_on_selector_all(
                 "#bars .row", "rows => rows.map(r => [r.dataset.label, Number(r.dataset.score)])"
             )
             widths = page.eval_on_selector_all("#bars .bar span", "spans => spans.map(s => s.offsetWidth)")
             track = page.eval_on_selector("#bars .bar", "bar => bar.offsetWidth")
             assert page.eval_on_selector("#preview", "img => img.naturalWidth") > 0
-            name = "serve_page.png" if threshold is None else "serve_page_unknown.png"
+            name = "serve_page.png" if score is None else f"serve_page_{score}.png"
             shot = Path(os.environ.get("FLOWERPIPE_ARTIFACTS", tmp_path)) / name
             shot.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(shot))
@@ -348,9 +359,14 @@ def test_page_classifies_a_real_photo_in_a_browser(
         server.send_signal(signal.SIGINT)
         server.communicate(timeout=30)
     if threshold is None:
-        assert label == expected["label"]
+        assert label == expected["label"] and why == ""
     else:
         assert expected["unknown"] and label == f"unknown: not one of the {len(CLASSES)} classes"
+    if score == "max_softmax":
+        assert why == f"not sure enough: {100 * expected['score']:.1f} %, below the threshold 100.0 %"
+    if score == "knn":
+        similarity = f"{expected['knn_similarity']:.2f}"
+        assert why == f"unlike the training photos: similarity {similarity}, below the threshold 1.00"
     assert [name for name, _ in bars] == list(CLASSES)
     scores = dict(bars)
     assert scores == pytest.approx({c["label"]: c["score"] for c in expected["top_k"]}, abs=1e-6)
