@@ -55,7 +55,8 @@ def test_mistakes_are_the_wrong_predictions_most_confident_first(tmp_path: Path)
     figure = mistakes_figure(images, wrong)
     assert titles(figure)[0] == "true: tulips\npredicted: roses (97%)"
     assert len(titles(figure)) == 3
-    assert figure._suptitle.get_text() == "The 3 most confidently wrong test photos"
+    title = "The 3 most confidently wrong test photos, in colour where the model looked for its answer"
+    assert figure._suptitle.get_text() == f"{title} (Grad-CAM)"
     figure.savefig(io.BytesIO(), format="png")
 
 

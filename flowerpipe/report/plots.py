@@ -73,7 +73,12 @@ def mistakes_figure(
         f"true: {r['actual']}\npredicted: {r['predicted']} ({float(r['p_' + r['predicted']]):.0%})"
         for r in rows
     ]
-    heading = f"The {len(images)} most confidently wrong test photos" if images else "No wrong test photos"
+    heading = (
+        f"The {len(images)} most confidently wrong test photos,"
+        " in colour where the model looked for its answer (Grad-CAM)"
+        if images
+        else "No wrong test photos"
+    )
     return photo_grid(images, titles, heading, columns)
 
 
