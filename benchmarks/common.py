@@ -159,9 +159,14 @@ def prepared(photos: Path, work: Path, resize: int) -> Prepared:
     return load_prepared(folder)
 
 
-# What the reference training loop does, as TrainConfig keys over the shipped recipe: full-size
-# crops, every layer learning from the first step, no moving average of the weights.
-LIKE_THE_REFERENCE = {"image_scale": 1.0, "head_epochs": 0, "ema_decay": 0.0}
+# How the reference training loop steps, as TrainConfig keys over the shipped recipe: the reference
+# recipe of presets/ without its epochs and augmentation (one constant rate for every layer from the
+# first step, full-size crops, no moving average of the weights).
+LIKE_THE_REFERENCE = {
+    key: value
+    for key, value in yaml.safe_load((ROOT / "presets/resnet18-reference.yaml").read_text())["train"].items()
+    if key not in ("epochs", "augment")
+}
 
 # The CPU features that decide bf16 training speed and int8 kernels (VNNI, AMX), from lscpu's list.
 ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")

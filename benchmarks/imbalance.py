@@ -3,7 +3,7 @@ untouched), a model trained with each `train.class_balance`, and each class's te
 accuracy and the balanced accuracy, with the gain over `none` as a paired difference and its
 standard error (on all test photos, and on the cut class's).
 
-    uv run python benchmarks/imbalance.py --cut tulips --keep 0.1
+    uv run python benchmarks/imbalance.py --cut tulips --keep 0.1 --seeds 0 1 2
 
 The recipe is params.yaml's train section with the backbone frozen and no augmentation (the
 features computed once: minutes on a CPU), over which --set may change any train key
@@ -32,6 +32,7 @@ def main() -> None:
     recipe_arguments(parser)
     parser.add_argument("--cut", default="tulips", help="the class whose train photos are cut")
     parser.add_argument("--keep", type=float, default=0.1, help="the share of its train photos kept")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (train.seed)")
     args = parser.parse_args()
     setup_logging()
     params, data, _, changes = recipe_data(args)
@@ -47,28 +48,47 @@ def main() -> None:
     train = np.setdiff1d(train, dropped)
     test = data.indices("test")
     labels = data.labels[test]
-    predicted = {}
-    for balance in CLASS_BALANCES:
-        model = build_model(args.arch, args.weights, len(data.classes), seed=cfg.seed)
-        result = fit(
-            model,
-            replace(cfg, class_balance=balance),
-            images=data.images,
-            labels=data.labels,
-            train_idx=train,
-            val_idx=data.indices("val"),
-            image_size=args.size,
-            device=device,
-        )
-        model.load_state_dict(result.best_state)
-        predicted[balance] = predict_logits(model, data.images[test], args.size, 64, device)
-    rows = [
-        row(balance, logits, labels, data.classes, predicted["none"].argmax(1), cut)
-        for balance, logits in predicted.items()
+    rows = []
+    for seed in args.seeds:
+        predicted = {}
+        for balance in CLASS_BALANCES:
+            run = replace(cfg, class_balance=balance, seed=seed)
+            model = build_model(args.arch, args.weights, len(data.classes), seed=seed)
+            result = fit(
+                model,
+                run,
+                images=data.images,
+                labels=data.labels,
+                train_idx=train,
+                val_idx=data.indices("val"),
+                image_size=args.size,
+                device=device,
+            )
+            model.load_state_dict(result.best_state)
+            predicted[balance] = predict_logits(model, data.images[test], args.size, 64, device)
+        none = predicted["none"].argmax(1)
+        rows += [{"seed": seed, **row(b, p, labels, data.classes, none, cut)} for b, p in predicted.items()]
+    rows += [
+        summary(balance, [r for r in rows if r["class_balance"] == balance]) for balance in CLASS_BALANCES
     ]
     counts = np.bincount(data.labels[train], minlength=len(data.classes))
     kept = {name: int(n) for name, n in zip(data.classes, counts, strict=True)}
     report(args.results, "imbalance", rows, {"cut": args.cut, "keep": args.keep, "train_photos": kept})
+
+
+def summary(balance: str, runs: list[dict]) -> dict:
+    """Mean ± sd over the seeds' runs of one balance."""
+
+    def spread(key: str) -> str:
+        values = np.array([r[key] for r in runs], dtype=float)
+        return f"{values.mean():.4f} ± {values.std(ddof=1) if len(values) > 1 else 0.0:.4f}"
+
+    recalls = [k for k in runs[0] if k.startswith("recall ")]
+    return {
+        "seed": f"mean of {len(runs)}",
+        "class_balance": balance,
+        "test photos": runs[0]["test photos"],
+    } | {key: spread(key) for key in ("accuracy", "balanced_accuracy", *recalls)}
 
 
 def row(

@@ -5,8 +5,9 @@ augmentation (the mean of the logits of the photo and of its mirror image).
     uv run python benchmarks/recipes.py --arch mobilenet_v2 \\
         --weights ../shared/weights/mobilenet_v2-imagenet.pth --recipes reference default --seeds 0 1
 
-A recipe is `reference` (the reference report's), `default` (params.yaml's `train` section) or a
-JSON object of `train` keys over params.yaml's, e.g. '{"lr": 0.01, "epochs": 5}';
+A recipe is `reference` (the reference report's steps, from presets/resnet18-reference.yaml),
+`default` (params.yaml's `train` section) or a JSON object of `train` keys over params.yaml's,
+e.g. '{"lr": 0.01, "epochs": 5}';
 `--set key=value` is the base of every recipe."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from common import arguments, recipe_arguments, recipe_data, report
+from common import LIKE_THE_REFERENCE, arguments, recipe_arguments, recipe_data, report
 
 from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import setup_logging
@@ -26,20 +27,8 @@ from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
 from flowerpipe.training.loop import fit
 
-REFERENCE = {  # the reference report's recipe: constant lr 0.001, one rate for every layer
-    "lr": 0.001,
-    "scheduler": "none",
-    "warmup_epochs": 0,
-    "label_smoothing": 0.0,
-    "backbone_lr_factor": 1.0,
-    "head_epochs": 0,
-    "ema_decay": 0.0,
-    "mixup": 0.0,
-    "cutmix": 0.0,
-    "image_scale": 1.0,
-    "augment": [{"RandomResizedCrop": {"scale": [0.5, 1.0]}}, {"RandomHorizontalFlip": {}}],
-}
-RECIPES: dict[str, dict[str, Any]] = {"reference": REFERENCE, "default": {}}
+# the reference recipe's steps with params.yaml's augmentation and epochs
+RECIPES: dict[str, dict[str, Any]] = {"reference": LIKE_THE_REFERENCE, "default": {}}
 
 
 def main() -> None:

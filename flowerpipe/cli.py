@@ -1,5 +1,6 @@
 """The `flowerpipe` command. `predict` needs only onnxruntime, numpy and Pillow; `serve` adds the
-`serve` extra (FastAPI, uvicorn, python-multipart). Neither imports torch."""
+`serve` extra (FastAPI, uvicorn, python-multipart). Neither imports torch. `explain` runs the
+PyTorch model (the `pipeline` extra) and imports it only when called."""
 
 from __future__ import annotations
 
@@ -40,7 +41,67 @@ def parser() -> argparse.ArgumentParser:
     limits.add_argument("--max-bytes", type=int, help="body size (default 32 MiB)")
     limits.add_argument("--max-pixels", type=int, help="pixels an image may declare (default 40 million)")
     limits.add_argument("--max-images", type=int, help="images in one batch request (default 32)")
+    explain = commands.add_parser(
+        "explain",
+        help="draw where the trained PyTorch model looks in a photo (Grad-CAM)",
+        description="Write the photo with a Grad-CAM heat map over the square the model sees (the "
+        "rest dimmed), at the photo's size, for the model's answer or --label. Needs the pipeline "
+        "extra (torch).",
+    )
+    explain.add_argument("photo", help="an image file")
+    explain.add_argument(
+        "--model", default="models/best.pt", help="the trained model (default models/best.pt)"
+    )
+    explain.add_argument("--label", help="the class to explain (default: the model's answer)")
+    explain.add_argument("--out", help="the PNG written (default: PHOTO's name with .gradcam.png)")
+    preset = commands.add_parser(
+        "preset",
+        help="run a preset of presets/ as a DVC experiment",
+        description="Run `dvc exp run` with -S key=value for each param the preset (presets/NAME.yaml, "
+        "or a .yaml file) sets over params.yaml, then the options given after it, which win: --queue, "
+        "-S train.seed=1, a stage. Run it in the repository's root.",
+    )
+    preset.add_argument("--print", action="store_true", help="print the command instead of running it")
+    preset.add_argument("name", help="a preset's name (e.g. mobilenet_v2-cpu-fast) or a .yaml file")
+    preset.add_argument("options", nargs=argparse.REMAINDER, help="dvc exp run options")
     return top
+
+
+def run_preset(args: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+    from pathlib import Path
+
+    import yaml
+
+    from flowerpipe.presets import preset_path, read_preset, set_flags
+
+    path = preset_path(args.name)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    command = ["dvc", "exp", "run", *set_flags(read_preset(path, params)), *args.options]
+    if args.print:
+        print(shlex.join(command))
+        return 0
+    return subprocess.run(command).returncode
+
+
+def explain(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from flowerpipe.core.atomic import atomic_path
+    from flowerpipe.core.errors import FlowerpipeError
+
+    try:
+        from flowerpipe.explain import explain_file
+    except ImportError as exc:
+        raise FlowerpipeError(f"explain needs the pipeline extra (torch): {exc}") from None
+    from PIL import Image
+
+    shown, label = explain_file(args.model, args.photo, args.label)
+    out = Path(args.out or Path(args.photo).with_suffix(".gradcam.png").name)
+    with atomic_path(out) as tmp:
+        Image.fromarray(shown).save(tmp, format="PNG")
+    print(json.dumps({"photo": args.photo, "label": label, "overlay": str(out)}, ensure_ascii=False))
 
 
 def predict(args: argparse.Namespace) -> int:
@@ -78,6 +139,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         if args.top_k < 1 or args.batch_size < 1:
             command.error("--top-k and --batch-size must be >= 1")
         run_main(lambda: predict(args), summary=False)
+    elif args.command == "explain":
+        run_main(lambda: explain(args), summary=False)
+    elif args.command == "preset":
+        run_main(lambda: run_preset(args), summary=False)
     else:
         limits = (args.max_bytes, args.max_pixels, args.max_images)
         if any(v is not None and v < 1 for v in limits) or args.threads < 0:

@@ -11,7 +11,7 @@ from flowerpipe.core.atomic import atomic_path, write_csv, write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import Prepared, load_prepared
-from flowerpipe.deploy.predict import softmax
+from flowerpipe.deploy.scores import softmax
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits

@@ -68,19 +68,14 @@ def without_timings(history: list[dict[str, float]]) -> list[dict[str, float]]:
     ]
 
 
-# The training recipe of one mechanism at a time: one rate for every layer from the first step, no
-# warm-up, label smoothing, head-only epochs, weight average or smaller training crops. It was the
-# config's defaults before they became params.yaml's fine-tuning recipe; tests of a mechanism start
-# from it and turn on only what they test.
+# The training recipe of one mechanism at a time: the reference recipe's steps (presets/, the
+# file users run) without its epochs and augmentation: one constant rate for every layer from the
+# first step, no label smoothing, head-only epochs, weight average or smaller training crops. Tests
+# of a mechanism start from it and turn on only what they test.
 PLAIN_TRAIN: dict[str, Any] = {
-    "lr": 0.001,
-    "scheduler": "none",
-    "warmup_epochs": 0,
-    "label_smoothing": 0.0,
-    "backbone_lr_factor": 1.0,
-    "head_epochs": 0,
-    "ema_decay": 0.0,
-    "image_scale": 1.0,
+    key: value
+    for key, value in yaml.safe_load((REPO / "presets/resnet18-reference.yaml").read_text())["train"].items()
+    if key not in ("epochs", "augment")
 }
 
 

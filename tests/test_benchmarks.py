@@ -190,7 +190,7 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
 ) -> None:
     options = ["--arch", "resnet18", "--weights", "null", "--size", str(IMAGE_SIZE), "--cut", CLASSES[1]]
     options += ["--keep", "0.5", "--set", "epochs=1", "batch_size=8", "--photos", str(photos)]
-    options += ["--work", str(tmp_path), "--results", str(tmp_path / "results")]
+    options += ["--work", str(tmp_path), "--results", str(tmp_path / "results"), "--seeds", "0", "1"]
     done = subprocess.run(
         [sys.executable, "benchmarks/imbalance.py", *options], cwd=REPO, capture_output=True, text=True
     )
@@ -200,10 +200,17 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
     train = data.labels[data.indices("train")]
     full = {c: int((train == i).sum()) for i, c in enumerate(data.classes)}
     assert result["train_photos"] == {**full, CLASSES[1]: math.ceil(full[CLASSES[1]] / 2)}
-    rows = result["rows"]
-    assert [row["class_balance"] for row in rows] == ["none", "weights", "sampler"]
+    rows, means = result["rows"][:6], result["rows"][6:]
+    assert [(row["seed"], row["class_balance"]) for row in rows] == [
+        (seed, balance) for seed in (0, 1) for balance in ("none", "weights", "sampler")
+    ]
     for row in rows:
         assert row["test photos"] == len(data.indices("test"))  # test untouched
         recalls = [row[f"recall {c}"] for c in CLASSES]
         assert row["balanced_accuracy"] == pytest.approx(np.mean(recalls), abs=2e-3)
-    assert rows[0]["accuracy gain (points)"] == "+0.00 ± 0.00"
+    assert rows[0]["accuracy gain (points)"] == rows[3]["accuracy gain (points)"] == "+0.00 ± 0.00"
+    assert [m["class_balance"] for m in means] == ["none", "weights", "sampler"]
+    for mean, runs in zip(means, (rows[0::3], rows[1::3], rows[2::3]), strict=True):
+        accuracies = [r["accuracy"] for r in runs]
+        assert mean["seed"] == "mean of 2"
+        assert mean["accuracy"] == f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from flowerpipe.core.errors import DataError
-from flowerpipe.deploy.predict import softmax
+from flowerpipe.deploy.scores import softmax
 from flowerpipe.report.calibration import (
     brier_score,
     calibration_scores,

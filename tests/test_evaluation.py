@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from flowerpipe.deploy.predict import softmax
+from flowerpipe.deploy.scores import softmax
 from flowerpipe.model.inference import folded_where_fixed, for_inference, predict_logits
 from flowerpipe.report.metrics import (
     classification_metrics,

@@ -498,25 +498,24 @@ def test_killed_training_resumes_to_the_uninterrupted_result(repo: DvcRepo, tmp_
     assert all(torch.equal(states[0][k], v) for k, v in states[1].items())
 
 
-@pytest.mark.parametrize("preset", ["resnet152-reference"])
-def test_preset_runs_as_an_experiment(repo: DvcRepo, preset: str) -> None:
-    small = [
-        "-S",
-        "model.weights=null",
-        "-S",
-        "train.epochs=2",
-        "-S",
-        "train.warmup_epochs=1",
-        "-S",
-        "model.hidden=16",
-    ]
-    done = repo.run("sh", f"presets/{preset}.sh", "train", *small)
-    assert stages_run(done.stdout) == ["prepare", "train"] or stages_run(done.stdout) == ["train"]
+def test_a_preset_runs_again_with_another_seed_as_a_new_experiment(repo: DvcRepo) -> None:
+    small = ["-S", "model.weights=null", "-S", "data.image_size=32", "-S", "train.epochs=2"]
+    for seed in (0, 1):
+        done = repo.run(
+            sys.executable, "-m", "flowerpipe.cli", "preset", "resnet152-reference", "train",
+            *small, "-S", "model.hidden=16", "-S", f"train.seed={seed}",
+        )  # fmt: skip
+        assert "train" in stages_run(done.stdout)
     shown = json.loads(repo.dvc("exp", "show", "--json").stdout)
-    experiments = {e["name"]: e for rev in shown for e in rev.get("experiments") or []}
-    params = experiments[preset]["revs"][0]["data"]["params"]["params.yaml"]["data"]
-    assert params["model"]["arch"] == "resnet152" and params["train"]["freeze"] == ["layer1", "layer2"]
-    assert params["train"]["epochs"] == 2  # options after the preset's win
+    runs = [
+        e["revs"][0]["data"]["params"]["params.yaml"]["data"]
+        for rev in shown
+        for e in rev.get("experiments") or []
+    ]
+    assert sorted(p["train"]["seed"] for p in runs) == [0, 1]  # two experiments, told apart by seed
+    for params in runs:
+        assert params["model"]["arch"] == "resnet152" and params["train"]["freeze"] == ["layer1", "layer2"]
+        assert params["train"]["epochs"] == 2  # options after the preset's win
     assert repo.json("results/train/metrics.json")["best_epoch"] in (1, 2)
 
 

@@ -25,6 +25,7 @@ from flowerpipe.core.errors import ModelError
 from flowerpipe.core.files import QUIET, unreadable, walk_images
 from flowerpipe.deploy.metadata import KNN_OUTPUT, REJECT_SCORES, SCORE_RANGES
 from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
+from flowerpipe.deploy.scores import softmax
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 
@@ -228,11 +229,3 @@ def image_files(paths: Iterable[str | os.PathLike[str]]) -> Iterator[tuple[str, 
         found = [(str(path / f), None) for f in files]
         found += [(str(path / s.path.rstrip("/")), s.reason) for s in skipped if s.reason not in QUIET]
         yield from sorted(found) if found else [(str(path), None)]
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Class probabilities softmax(logits / temperature), one row per image."""
-    z = logits / temperature if temperature != 1.0 else logits
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)

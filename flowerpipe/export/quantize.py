@@ -44,6 +44,7 @@ from flowerpipe.core.errors import QuantizationError
 from flowerpipe.data.cache import Rows
 from flowerpipe.deploy.predict import Predictor
 from flowerpipe.deploy.preprocess import to_model_input
+from flowerpipe.deploy.scores import log_softmax
 from flowerpipe.export.latency import median_seconds
 
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
@@ -440,8 +441,7 @@ def log_probabilities(
     logits = np.concatenate(
         [predictor.logits(crops[i : i + batch_size]) for i in range(0, len(crops), batch_size)]
     ).astype(np.float64)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    return log_softmax(logits)
 
 
 def mean_divergence(reference: np.ndarray, other: np.ndarray) -> float:

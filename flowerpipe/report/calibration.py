@@ -18,7 +18,7 @@ import numpy as np
 
 from flowerpipe.core.errors import DataError
 from flowerpipe.deploy.metadata import REJECT_SCORES, SCORE_RANGES
-from flowerpipe.deploy.predict import softmax
+from flowerpipe.deploy.scores import log_softmax, softmax
 from flowerpipe.report.metrics import expected_calibration_error
 
 # T is searched in [1/20, 20]: wider than any temperature a trained classifier needs, narrow enough
@@ -29,10 +29,8 @@ GOLDEN = (math.sqrt(5) - 1) / 2
 
 def negative_log_likelihood(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean -log softmax(logits / temperature)[label], in nats."""
-    z = np.asarray(logits, np.float64) / temperature
-    z = z - z.max(axis=1, keepdims=True)
-    log_norm = np.log(np.exp(z).sum(axis=1))
-    return float(np.mean(log_norm - z[np.arange(len(labels)), labels]))
+    logp = log_softmax(np.asarray(logits, np.float64), temperature)
+    return -float(np.mean(logp[np.arange(len(labels)), labels]))
 
 
 def brier_score(probs: np.ndarray, labels: np.ndarray) -> float:
