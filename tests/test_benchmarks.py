@@ -4,6 +4,7 @@ Their numbers mean nothing here: this only keeps the scripts working; nothing is
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from conftest import CLASSES, IMAGE_SIZE, REPO, make_photos, rejecting
 
 from flowerpipe.data.prepared import load_prepared
@@ -214,3 +216,33 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
         accuracies = [r["accuracy"] for r in runs]
         assert mean["seed"] == "mean of 2"
         assert mean["accuracy"] == f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
+
+
+def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Path, tmp_path: Path) -> None:
+    preset = tmp_path / "tiny.yaml"
+    preset.write_text(yaml.safe_dump({"data": {"image_size": IMAGE_SIZE}, "train": {"epochs": 1}}))
+    table = tmp_path / "runs.csv"
+    options = ["--preset", str(preset), "--weights", "null", "--set", "train.batch_size=8"]
+    options += ["--photos", str(photos), "--work", str(tmp_path / "work"), "--csv", str(table)]
+
+    def sweep(*seeds: int) -> str:
+        command = [sys.executable, "benchmarks/sweep.py", *options, "--seeds", *map(str, seeds)]
+        done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stdout
+
+    sweep(0)
+    assert "seed 1: written" in sweep(0, 1)  # seed 0 is recorded: only seed 1 runs
+    assert "every run is in" in sweep(1, 0)
+    with open(table, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["preset"], r["set"], r["seed"]) for r in rows] == [
+        ("tiny", '{"train.batch_size":8}', s) for s in "01"
+    ]
+    prepared = load_prepared(tmp_path / "work/sweep-repo/data/prepared")
+    for row in rows:
+        assert int(row["val_photos"]) == len(prepared.indices("val"))
+        assert int(row["test_photos"]) == len(prepared.indices("test"))
+        assert 0 <= float(row["test_accuracy"]) <= 1 and float(row["train_min"]) > 0
+        assert row["precision"] in ("float32", "bfloat16") and row["capability"] == "native"
+        assert row["commit"] and row["cpu"]

@@ -1,0 +1,126 @@
+"""Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
+a row of a CSV file the moment it ends, so a sweep that stops (a session's end) loses nothing and
+the next start skips what is there.
+
+    nohup uv run python benchmarks/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
+        --set train.epochs=8 --results benchmarks/results/cpu_fast.csv &
+
+Each run applies the preset and --set over params.yaml in a throwaway git + DVC repo on the real
+photos and the real weights, then times `dvc repro train` and `dvc repro evaluate` (prepare runs
+once per repo, outside the timing). A row: the preset, --set, the seed, the CPU's model name and
+instruction sets, ATEN_CPU_CAPABILITY (set it to `avx2` with ONEDNN_MAX_CPU_ISA=AVX2 to stand in
+for a CPU without AVX512), the precision the run used, the train and evaluate stages' minutes, val
+and test accuracy with their photo counts, and the checkout's commit. A row with the same preset,
+--set, seed, CPU and capability is not run again."""
+
+from __future__ import annotations
+
+import csv
+import datetime
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import yaml
+from common import DVC, ROOT, arguments, machine, pipeline_repo, run
+
+from flowerpipe.presets import leaves, preset_path, read_preset
+
+FIELDS = [
+    "preset", "set", "seed", "cpu", "cpu_flags", "capability", "precision", "train_min",
+    "evaluate_min", "val_accuracy", "val_photos", "test_accuracy", "test_photos", "commit", "date",
+]  # fmt: skip
+
+
+def main() -> None:
+    parser = arguments(__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", required=True, help="a preset of presets/ (name or .yaml file)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each run")
+    parser.add_argument("--set", nargs="*", default=[], help="key=value (YAML) over the preset's params")
+    parser.add_argument(
+        "--weights",
+        type=lambda w: None if w == "null" else w,
+        default=str(ROOT.parent / "shared/weights/mobilenet_v2-imagenet.pth"),
+        help="model.weights (default: ../shared/weights/mobilenet_v2-imagenet.pth; null: random)",
+    )
+    parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks/results/cpu_fast.csv")
+    args = parser.parse_args()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    changes = leaves(read_preset(preset_path(args.preset, ROOT / "presets"), params))
+    extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    found, capability = machine(), os.environ.get("ATEN_CPU_CAPABILITY", "native")
+    head = {"preset": Path(args.preset).stem, "set": json.dumps(extra, separators=(",", ":"))}
+    head |= {"cpu": found["cpu"], "cpu_flags": " ".join(found["cpu_flags"]), "capability": capability}
+    done = {(r["preset"], r["set"], r["seed"], r["cpu"], r["capability"]) for r in read_rows(args.csv)}
+    todo = [
+        s for s in args.seeds if (head["preset"], head["set"], str(s), head["cpu"], capability) not in done
+    ]
+    if not todo:
+        print(f"every run is in {args.csv} already")
+        return
+    base = {**changes, **extra, "data.source": str(args.photos.resolve()), "model.weights": args.weights}
+    repo = args.work / "sweep-repo"
+    pipeline_repo(repo, nested(base))
+    run(repo, *DVC, "repro", "prepare")
+    for seed in todo:
+        append_row(args.csv, {**head, "seed": seed, **one_run(repo, seed)})
+        print(f"seed {seed}: written to {args.csv}", flush=True)
+
+
+def one_run(repo: Path, seed: int) -> dict[str, Any]:
+    """Train and evaluate with train.seed = `seed` in `repo`; the row's measured fields."""
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["seed"] = seed
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    train_s, _ = run(repo, *DVC, "repro", "train")
+    evaluate_s, _ = run(repo, *DVC, "repro", "evaluate")
+    metrics = json.loads((repo / "results/evaluate/metrics.json").read_text())
+    record = json.loads((repo / "results/train/run.json").read_text())
+    checkout = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    )
+    return {
+        "precision": record.get("precision", ""),
+        "train_min": round(train_s / 60, 2),
+        "evaluate_min": round(evaluate_s / 60, 2),
+        **{
+            f"{split}_{k}": metrics[split][m]
+            for split in ("val", "test")
+            for k, m in (("accuracy", "accuracy"), ("photos", "images"))
+        },
+        "commit": checkout.stdout.strip(),
+        "date": datetime.date.today().isoformat(),
+    }
+
+
+def nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Dotted keys (section.key) as params sections."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = value
+    return sections
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """One more row, the header first in a new file; each row is flushed as it is written."""
+    new = not path.exists()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+if __name__ == "__main__":
+    main()
