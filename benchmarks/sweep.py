@@ -11,14 +11,17 @@ once per repo, outside the timing). A row: the preset, --set, the seed, the CPU'
 instruction sets, ATEN_CPU_CAPABILITY (set it to `avx2` with ONEDNN_MAX_CPU_ISA=AVX2 to stand in
 for a CPU without AVX512), the precision the run used, the train and evaluate stages' minutes, val
 and test accuracy with their photo counts, and the checkout's commit. A row with the same preset,
---set, seed, CPU and capability is not run again."""
+--set, seed, CPU and capability is not run again. Each run's models/best.pt is kept in
+WORK/sweep-models/ (for benchmarks/evaluation_size.py)."""
 
 from __future__ import annotations
 
 import csv
 import datetime
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -64,9 +67,13 @@ def main() -> None:
     repo = args.work / "sweep-repo"
     pipeline_repo(repo, nested(base))
     run(repo, *DVC, "repro", "prepare")
+    kept = args.work / "sweep-models"  # each run's best.pt, for the levers that need no training
+    kept.mkdir(parents=True, exist_ok=True)
     for seed in todo:
         append_row(args.csv, {**head, "seed": seed, **one_run(repo, seed)})
-        print(f"seed {seed}: written to {args.csv}", flush=True)
+        name = f"{head['preset']}-{hashlib.sha256(head['set'].encode()).hexdigest()[:8]}-seed{seed}.pt"
+        shutil.copy(repo / "models/best.pt", kept / name)
+        print(f"seed {seed}: written to {args.csv}, its model to {kept / name}", flush=True)
 
 
 def one_run(repo: Path, seed: int) -> dict[str, Any]:

@@ -246,3 +246,4 @@ def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Pa
         assert 0 <= float(row["test_accuracy"]) <= 1 and float(row["train_min"]) > 0
         assert row["precision"] in ("float32", "bfloat16") and row["capability"] == "native"
         assert row["commit"] and row["cpu"]
+    assert len(list((tmp_path / "work/sweep-models").glob("tiny-*-seed[01].pt"))) == 2
