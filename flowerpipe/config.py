@@ -19,8 +19,6 @@ import yaml
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.deploy.metadata import REJECT_SCORES
 from flowerpipe.deploy.preprocess import resize_size
-from flowerpipe.model.architectures import check_architecture
-from flowerpipe.model.transforms import check_augment
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -250,6 +248,11 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
 
     def __post_init__(self) -> None:
+        # the checks that build models and transforms need torch: imported here, so that reading
+        # the config does not (the deploy side and `flowerpipe preset` read params without it)
+        from flowerpipe.model.architectures import check_architecture
+        from flowerpipe.model.transforms import check_augment
+
         size, train_size = self.data.image_size, self.train.train_size(self.data.image_size)
         check_architecture(self.model.arch, self.model.weights, size, train_size)
         check_augment(self.train.augment, train_size, resize_size(size, self.data.crop_ratio))

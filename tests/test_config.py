@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import subprocess
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -353,3 +355,18 @@ def test_every_config_field_is_in_params_yaml(left_out: dict[str, Any]) -> None:
     """No hidden key: each setting of the config is one params.yaml shows and a user can change."""
     assert sorted(set(left_out) - set(SHIPPED)) == []
     assert config_from_dict({}) == Config() == load_config(REPO / "params.yaml")
+
+
+def test_reading_the_config_imports_no_torch_and_still_stops_a_typo_before_training(tmp_path: Path) -> None:
+    code = (
+        "import sys, flowerpipe.config; print('torch' in sys.modules); "
+        "from flowerpipe.config import load_config; load_config(sys.argv[1])"
+    )
+    for key, value in (("model", {"arch": "resnet81"}), ("train", {"augment": [{"RandomCrp": {}}]})):
+        params = tmp_path / "params.yaml"
+        params.write_text(yaml.safe_dump({key: value}))
+        done = subprocess.run(
+            [sys.executable, "-c", code, str(params)], capture_output=True, text=True, cwd=REPO
+        )
+        assert done.stdout.strip() == "False"  # imported without torch
+        assert done.returncode == 1 and f"{key}." in done.stderr.splitlines()[-1], done.stderr
