@@ -20,7 +20,7 @@ from flowerpipe.model.architectures import BF16_SIDES, MIN_SIDES, input_side, pa
 from flowerpipe.model.build import build_model, freeze, head_name
 from flowerpipe.training.loop import fit
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # every family
 
 CPU = torch.device("cpu")
 CLASSES = ["a", "b", "c"]

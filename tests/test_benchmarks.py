@@ -19,6 +19,8 @@ from conftest import CLASSES, IMAGE_SIZE, REPO, make_photos, rejecting
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.model.build import build_model, save_trained
 
+pytestmark = pytest.mark.slow  # docs/testing.md: the fast part
+
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -10,6 +10,8 @@ import pytest
 import torch
 from conftest import SMALL, DvcRepo, make_photos
 
+pytestmark = pytest.mark.slow  # docs/testing.md: the fast part
+
 TORCHRUN = "torchrun --standalone --nproc-per-node=2"
 # Only the head trains, on features computed once, in fp32 and without augmentation: no BatchNorm
 # batch statistics and no random draws, so 2 processes compute what 1 does, up to the order of sums.

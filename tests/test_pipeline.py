@@ -28,6 +28,8 @@ from flowerpipe.export.gate import Paired, refusal_rate
 from flowerpipe.export.gate import Z as GATE_Z
 from flowerpipe.export.quantize import SEARCH_PHOTOS
 
+pytestmark = pytest.mark.slow  # real dvc repro runs; docs/testing.md: the fast part
+
 STAGES = ("prepare", "audit", "train", "evaluate", "plot", "export", "quantize@int8")
 
 
