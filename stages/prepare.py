@@ -6,15 +6,14 @@ from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.deploy.preprocess import resize_size
-from flowerpipe.prepare import scan as dataset
-from flowerpipe.prepare import sources
+from flowerpipe.prepare import scan, sources
 
 
 def main() -> None:
     cfg = load_config()
     root = sources.obtain(cfg.data.source, Path("data/raw"), sha256=cfg.data.sha256)
     resize = resize_size(cfg.data.image_size, cfg.data.crop_ratio)
-    metrics = dataset.prepare(
+    metrics = scan.prepare(
         root,
         Path("data/prepared"),
         cfg.split,

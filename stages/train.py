@@ -10,13 +10,13 @@ from pathlib import Path
 
 from dvclive import Live
 
+from flowerpipe import training
 from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.model.build import build_model, save_trained, weights_identity
-from flowerpipe.training import loop as training
 from flowerpipe.training.distributed import process_group
 from flowerpipe.training.runrecord import run_record
 

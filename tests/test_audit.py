@@ -14,7 +14,7 @@ from flowerpipe.audit.labels import audit_labels, label_issues, linear_head, out
 from flowerpipe.config import SplitConfig
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.model.build import build_model
-from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare import scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -84,7 +84,7 @@ def test_audit_of_prepared_photos_flags_the_moved_ones(tmp_path: Path) -> None:
     moved = ["daisy/daisy_003.jpg", "dandelion/dandelion_007.jpg", "roses/roses_011.jpg"]
     for relpath, to in zip(moved, ["roses", "daisy", "dandelion"], strict=True):
         (root / relpath).rename(root / to / Path(relpath).name)
-    dataset.prepare(root, tmp_path / "prepared", SplitConfig(val=0.2, test=0.2), resize=40, workers=2)
+    scan.prepare(root, tmp_path / "prepared", SplitConfig(val=0.2, test=0.2), resize=40, workers=2)
     data = load_prepared(tmp_path / "prepared")
     model = build_model("resnet18", None, 3, seed=0).eval()
     issues, metrics = audit_labels(model, data, 32, 16, torch.device("cpu"), folds=5)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import plain_train, without_timings
-from test_recipes import CLASSES, fit, tiny_data
+from test_train_recipes import CLASSES, fit, tiny_data
 
+from flowerpipe import training
 from flowerpipe.config import TrainConfig
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.model.build import build_model
-from flowerpipe.training import loop as training
 from flowerpipe.training.balance import BalancedSampler, loss_weights, train_sampler
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -75,11 +75,11 @@ def test_weights_change_only_the_loss() -> None:
     model = build_model("resnet18", None, CLASSES)
     unequal = labels.copy()
     unequal[train_idx[:18]] = 0  # 18 of the 24 train photos in class 0
-    run = training._start_run(
+    run = training.start_run(
         model, replace(cfg, class_balance="weights"), torch.device("cpu"), unequal[train_idx]
     )
     assert run.loss_fn.weight.tolist() == pytest.approx(loss_weights(unequal[train_idx], CLASSES).tolist())
-    assert training._start_run(model, cfg, torch.device("cpu"), unequal[train_idx]).loss_fn.weight is None
+    assert training.start_run(model, cfg, torch.device("cpu"), unequal[train_idx]).loss_fn.weight is None
     # with classes of one size every weight is 1: the very run of `none`
     _, plain = fit(cfg, (images, labels, train_idx, val_idx))
     _, weighted = fit(replace(cfg, class_balance="weights"), (images, labels, train_idx, val_idx))

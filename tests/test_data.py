@@ -1,4 +1,4 @@
-"""dataset.prepare on synthetic folders: outputs, skipped files with reasons, odd image modes, EXIF."""
+"""scan.prepare on synthetic folders: outputs, skipped files with reasons, odd image modes, EXIF."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from flowerpipe.core.files import Skipped
 from flowerpipe.data.cache import ImageCache
 from flowerpipe.data.prepared import MANIFEST_FIELDS, load_prepared
 from flowerpipe.deploy import preprocess
-from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare import scan
 from flowerpipe.prepare.split import assign_splits
 
 RESIZE = 40
@@ -31,7 +31,7 @@ IMAGE_SIZE = 32
 
 
 def prepare(root: Path, out: Path, resize: int = RESIZE) -> dict:
-    return dataset.prepare(root, out, SPLIT, resize=resize, workers=2)
+    return scan.prepare(root, out, SPLIT, resize=resize, workers=2)
 
 
 def read_manifest(out: Path) -> list[dict[str, str]]:
@@ -108,7 +108,7 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     metrics = prepare(photos, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "dataset.json",
+        "scan.json",
         "images.npy",
         "manifest.csv",
         "report.json",
@@ -117,7 +117,7 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     images = np.load(out / "images.npy")
     assert images.shape == (len(rows), RESIZE, RESIZE, 3) == (72, RESIZE, RESIZE, 3)
     assert images.dtype == np.uint8
-    meta = json.loads((out / "dataset.json").read_text())
+    meta = json.loads((out / "scan.json").read_text())
     assert meta["classes"] == ["daisy", "dandelion", "roses"]
     assert meta["resize_size"] == RESIZE
     assert {r["split"] for r in rows} == {"train", "val", "test"}
@@ -165,7 +165,7 @@ def test_bad_files_are_skipped_with_reasons(messy: Path, tmp_path: Path) -> None
     kept = {r["relpath"] for r in read_manifest(out)}
     assert not any("/." in p or p.startswith(".") for p in kept)
     assert not kept & set(reasons)
-    assert json.loads((out / "dataset.json").read_text())["classes"] == ["daisy", "dandelion", "roses"]
+    assert json.loads((out / "scan.json").read_text())["classes"] == ["daisy", "dandelion", "roses"]
 
 
 def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
@@ -360,14 +360,14 @@ def test_links_that_go_nowhere_are_skipped_with_reasons(photos: Path, tmp_path: 
 
 
 def test_a_photo_deleted_after_the_scan_is_skipped(photos: Path, tmp_path: Path, monkeypatch) -> None:
-    scan = dataset.scan
+    real_scan = scan.scan
 
     def scan_then_delete(root: Path):
-        found = scan(root)
+        found = real_scan(root)
         (root / "roses/roses_003.jpg").unlink()  # between the scan and the decode
         return found
 
-    monkeypatch.setattr(dataset, "scan", scan_then_delete)
+    monkeypatch.setattr(scan, "scan", scan_then_delete)
     out = tmp_path / "prepared"
     metrics = prepare(photos, out)
     assert skipped_reasons(out) == {"roses/roses_003.jpg": "cannot be read (No such file or directory)"}
@@ -411,7 +411,7 @@ def test_near_duplicates_share_a_split_and_label_conflicts_are_reported(
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     recompressed(photos / "roses/roses_001.jpg", photos / "dandelion/also.jpg")  # filed twice
     out = tmp_path / "prepared"
-    metrics = dataset.prepare(photos, out, SPLIT, resize=RESIZE, label_conflicts=conflicts, workers=2)
+    metrics = scan.prepare(photos, out, SPLIT, resize=RESIZE, label_conflicts=conflicts, workers=2)
     report = json.loads((out / "report.json").read_text())
     groups = [set(paths) for paths in report["duplicate_groups"]]
     assert {"daisy/again.jpg", "daisy/daisy_005.jpg"} in groups and {
@@ -436,7 +436,7 @@ def test_without_near_duplicates_only_the_same_bytes_group(photos: Path, tmp_pat
     recompressed(photos / "daisy/daisy_005.jpg", photos / "daisy/again.jpg")
     shutil.copy(photos / "daisy/daisy_007.jpg", photos / "daisy/copy.jpg")
     out = tmp_path / "prepared"
-    dataset.prepare(photos, out, replace(SPLIT, near_duplicates=None), resize=RESIZE, workers=2)
+    scan.prepare(photos, out, replace(SPLIT, near_duplicates=None), resize=RESIZE, workers=2)
     report = json.loads((out / "report.json").read_text())
     assert report["duplicate_groups"] == [["daisy/copy.jpg", "daisy/daisy_007.jpg"]]
 
@@ -449,27 +449,25 @@ def test_a_cache_the_disk_cannot_hold_is_refused_before_decoding(
     before = (out / "images.npy").read_bytes()
     usage = shutil.disk_usage(tmp_path)
     needed = 3 * 24 * RESIZE * RESIZE * 3
-    monkeypatch.setattr(
-        shutil, "disk_usage", lambda path: usage._replace(free=dataset.DISK_MARGIN + needed - 1)
-    )
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=scan.DISK_MARGIN + needed - 1))
     with pytest.raises(DataError, match=r"prepared: the decoded cache needs .* GB are free") as info:
         prepare(photos, out)
     assert "data.image_size" in str(info.value)
     assert (out / "images.npy").read_bytes() == before  # the earlier cache is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["photos", "prepared"]  # no temporary left
-    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=dataset.DISK_MARGIN + needed))
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=scan.DISK_MARGIN + needed))
     prepare(photos, out)  # exactly enough
 
 
 def test_find_photos_needs_two_class_folders(tmp_path: Path) -> None:
     root = make_photos(tmp_path / "photos", per_class=2, classes=("daisy", "roses"))
     (root / "stray.jpg").write_bytes(b"x")
-    classes, files, skipped = dataset.find_photos(root)
+    classes, files, skipped = scan.find_photos(root)
     assert classes == ["daisy", "roses"] and files[0] == ("daisy/daisy_000.jpg", "daisy") and len(files) == 4
     assert skipped == [Skipped("stray.jpg", "not inside a class folder")]
     shutil.rmtree(root / "roses")
     with pytest.raises(DataError, match="found 1 class folder"):
-        dataset.find_photos(root)
+        scan.find_photos(root)
 
 
 def test_decode_photos_fills_the_cache_in_order_and_names_what_failed(photos: Path, tmp_path: Path) -> None:
@@ -480,11 +478,11 @@ def test_decode_photos_fills_the_cache_in_order_and_names_what_failed(photos: Pa
         ("roses/roses_003.jpg", "roses"),
     ]
     images = ImageCache.create(tmp_path / "images.npy", len(files), RESIZE)
-    rows, hashes, failed = dataset.decode_photos(photos, files, images, RESIZE, workers=1)
+    rows, hashes, failed = scan.decode_photos(photos, files, images, RESIZE, workers=1)
     assert [(r["relpath"], r["label"]) for r in rows] == [files[0], files[2]]
     assert failed == [Skipped("roses/broken.jpg", "not a readable image")]
     for i, row in enumerate(rows):
-        sha, square, width, height, difference = dataset.read_photo(photos / row["relpath"], RESIZE)
+        sha, square, width, height, difference = scan.read_photo(photos / row["relpath"], RESIZE)
         assert (row["sha256"], row["width"], row["height"], hashes[i]) == (sha, width, height, difference)
         np.testing.assert_array_equal(images[i], square)
     assert not images[2].any()  # the failed photo's row stays empty, to be cut
@@ -504,20 +502,20 @@ def test_label_conflicts_are_grouped_and_dropped_with_their_cache_rows(tmp_path:
         ("a/1.jpg", "x"), ("a/2.jpg", "y"), ("b/1.jpg", "x"), ("b/2.jpg", "z"), ("a/3.jpg", "w")
     )
     hashes = [0, 0xF0F0, 0, 0xFFFF_FFFF, 0xF0F1]
-    found = dataset.group_duplicates(rows, hashes, near_duplicates=4)
-    assert found == dataset.Duplicates(
+    found = scan.group_duplicates(rows, hashes, near_duplicates=4)
+    assert found == scan.Duplicates(
         groups=[0, 1, 0, 3, 1],
         together=[["a/1.jpg", "b/1.jpg"], ["a/2.jpg", "a/3.jpg"]],
         conflicts=[["a/1.jpg", "b/1.jpg"]],
     )
-    assert dataset.group_duplicates(rows, hashes, near_duplicates=None).together == [["a/1.jpg", "b/1.jpg"]]
+    assert scan.group_duplicates(rows, hashes, near_duplicates=None).together == [["a/1.jpg", "b/1.jpg"]]
     images = ImageCache.create(tmp_path / "images.npy", len(rows), 2)
     for i in range(len(rows)):
         images[i] = np.full((2, 2, 3), i + 1, np.uint8)
-    kept, after, left_out = dataset.drop_conflicts(rows, found, images)
+    kept, after, left_out = scan.drop_conflicts(rows, found, images)
     assert [r["relpath"] for r in kept] == ["a/2.jpg", "b/2.jpg", "a/3.jpg"]
     assert [int(images[i][0, 0, 0]) for i in range(3)] == [2, 4, 5]  # moved up over the gaps
-    assert after == dataset.Duplicates([1, 3, 1], found.together, found.conflicts)  # still reported
+    assert after == scan.Duplicates([1, 3, 1], found.together, found.conflicts)  # still reported
     reason = "label conflict, left out (data.label_conflicts)"
     assert left_out == [Skipped("a/1.jpg", reason), Skipped("b/1.jpg", reason)]
 
@@ -527,7 +525,7 @@ def test_split_rows_keeps_a_group_together_as_the_split_section_says() -> None:
     groups = [0 if i in (3, 17, 30) else i for i in range(len(rows))]
     split = SplitConfig(val=0.2, test=0.3, seed=7)
     shas, labels = [r["sha256"] for r in rows], [r["label"] for r in rows]
-    found = dataset.split_rows(rows, groups, split)
+    found = scan.split_rows(rows, groups, split)
     assert [r["split"] for r in found] == assign_splits(shas, labels, 0.2, 0.3, 7, groups)
     assert len({found[i]["split"] for i in (0, 3, 17, 30)}) == 1
     assert [{k: v for k, v in r.items() if k != "split"} for r in found] == rows and "split" not in rows[0]
@@ -541,15 +539,15 @@ def test_write_prepared_cuts_the_cache_and_writes_the_manifest_and_report(tmp_pa
         images[i] = np.full((2, 2, 3), i + 1, np.uint8)
     images.close()
     skipped = [Skipped("c/é.jpg", "hidden")]
-    duplicates = dataset.Duplicates([0, 1], [["a/1.jpg", "a/0.jpg"]], [])
-    dataset.write_prepared(tmp_path, rows, ["a", "b"], skipped, duplicates, resize=2, root=Path("/photos"))
+    duplicates = scan.Duplicates([0, 1], [["a/1.jpg", "a/0.jpg"]], [])
+    scan.write_prepared(tmp_path, rows, ["a", "b"], skipped, duplicates, resize=2, root=Path("/photos"))
     saved = io.BytesIO()
     np.save(saved, np.stack([np.full((2, 2, 3), i + 1, np.uint8) for i in range(2)]))
     assert (tmp_path / "images.npy").read_bytes() == saved.getvalue()
     assert read_manifest(tmp_path) == [{k: str(v) for k, v in r.items()} for r in rows]
     assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == ",".join(MANIFEST_FIELDS)
     meta = {"classes": ["a", "b"], "resize_size": 2, "source_root": "/photos"}
-    assert json.loads((tmp_path / "dataset.json").read_text()) == meta
+    assert json.loads((tmp_path / "scan.json").read_text()) == meta
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == {
         "source_root": "/photos",
@@ -572,7 +570,7 @@ def test_exclude_leaves_out_exactly_its_photos_and_every_other_keeps_its_split(
     exclude = tmp_path / "exclude.txt"
     exclude.write_text("# reviewed\n\n" + "\n".join(f"  {p}" for p in listed) + "\n" + listed[0] + "\n")
     out = tmp_path / "fewer"
-    metrics = dataset.prepare(photos, out, SPLIT, resize=RESIZE, workers=2, exclude=exclude)
+    metrics = scan.prepare(photos, out, SPLIT, resize=RESIZE, workers=2, exclude=exclude)
     rows = read_manifest(out)
     assert {r["relpath"] for r in rows} == set(before) - set(listed)
     assert all(r == before[r["relpath"]] for r in rows)  # every other photo keeps its split
@@ -591,9 +589,7 @@ def test_exclude_refuses_a_path_that_is_not_a_photo_of_the_data(photos: Path, tm
     exclude = tmp_path / "exclude.txt"
     exclude.write_text("# reviewed\ndaisy/daisy_000.jpg\ndaisy/no_such.jpg\n")
     with pytest.raises(DataError, match=rf"^{exclude}:3: daisy/no_such.jpg is not among the photos"):
-        dataset.prepare(photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=exclude)
+        scan.prepare(photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=exclude)
     assert not (tmp_path / "out").exists()  # nothing half-written
     with pytest.raises(DataError, match=rf"^{tmp_path / 'none.txt'}: data.exclude names no such file"):
-        dataset.prepare(
-            photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=tmp_path / "none.txt"
-        )
+        scan.prepare(photos, tmp_path / "out", SPLIT, resize=RESIZE, workers=2, exclude=tmp_path / "none.txt")

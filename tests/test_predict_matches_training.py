@@ -14,7 +14,7 @@ from flowerpipe.config import SplitConfig
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.deploy.predict import Predictor
 from flowerpipe.deploy.preprocess import center_crop, to_model_input
-from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare import scan
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +25,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_preprocessing_equals_the_prepared_cache(onnx_model: Path, photos: Path, tmp_path: Path) -> None:
     """predict reads a photo exactly as evaluate sees it: the centre crop of the prepared square."""
     split = SplitConfig(val=0.3, test=0.3, seed=42)
-    dataset.prepare(photos, tmp_path / "prepared", split, resize=RESIZE, workers=1)
+    scan.prepare(photos, tmp_path / "prepared", split, resize=RESIZE, workers=1)
     prepared = load_prepared(tmp_path / "prepared")
     crops = center_crop(np.asarray(prepared.images), IMAGE_SIZE)
     predictor = Predictor(onnx_model)  # its metadata says IMAGE_SIZE from RESIZE

@@ -11,7 +11,7 @@ import pytest
 
 from flowerpipe.config import SplitConfig
 from flowerpipe.core.errors import DataError
-from flowerpipe.prepare import scan as dataset
+from flowerpipe.prepare import scan
 from flowerpipe.prepare.split import SPLITS, assign_splits, split_counts
 
 
@@ -136,8 +136,8 @@ def test_split_counts_counts_per_split_and_class() -> None:
 def test_prepare_twice_gives_identical_manifest(photos: Path, tmp_path: Path) -> None:
     first, second = tmp_path / "one", tmp_path / "two"
     split = SplitConfig(val=0.2, test=0.2, seed=42)
-    dataset.prepare(photos, first, split, resize=36, workers=2)
-    dataset.prepare(photos, second, split, resize=36, workers=1)
+    scan.prepare(photos, first, split, resize=36, workers=2)
+    scan.prepare(photos, second, split, resize=36, workers=1)
     manifest = (first / "manifest.csv").read_bytes()
     assert manifest == (second / "manifest.csv").read_bytes()
     assert (first / "images.npy").read_bytes() == (second / "images.npy").read_bytes()

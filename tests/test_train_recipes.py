@@ -16,6 +16,7 @@ from conftest import hostile_torch_files, plain_train, without_timings
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
+from flowerpipe import training
 from flowerpipe.config import TrainConfig
 from flowerpipe.core.errors import ConfigError, FlowerpipeError, TrainingError
 from flowerpipe.model.build import (
@@ -28,7 +29,7 @@ from flowerpipe.model.build import (
     train_mode,
 )
 from flowerpipe.model.devices import autocast_dtype
-from flowerpipe.training import loop as training
+from flowerpipe.training import feeds, loop
 from flowerpipe.training.schedule import lr_factor
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -66,13 +67,13 @@ def snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
 def count_epochs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Record each epoch that really trains (a resumed or finished run skips some)."""
     calls: list[int] = []
-    real = training._train_epoch
+    real = loop.train_one_epoch
 
     def counted(*args, **kwargs):
         calls.append(1)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(training, "_train_epoch", counted)
+    monkeypatch.setattr(loop, "train_one_epoch", counted)
     return calls
 
 
@@ -526,14 +527,14 @@ def test_a_head_of_several_layers_trains_on_features_once(monkeypatch) -> None:
 def test_frozen_backbone_with_augmentation_trains_through_the_model(monkeypatch) -> None:
     cfg = plain_train(epochs=2, batch_size=8, lr=0.05, freeze="backbone", precision="fp32", device="cpu")
     model = build_model("resnet18", None, CLASSES)
-    images_seen, folded = [], training.folded_where_fixed
+    images_seen, folded = [], loop.folded_where_fixed
 
     def counted(net: nn.Module, fixed: list[str]) -> nn.Module:  # the steps run the backbone folded
         view = folded(net, fixed)
         view.layer1.register_forward_hook(lambda _m, args, _out: images_seen.append(len(args[0])))
         return view
 
-    monkeypatch.setattr(training, "folded_where_fixed", counted)
+    monkeypatch.setattr(loop, "folded_where_fixed", counted)
     fit(cfg, tiny_data(16, n_val=6), model)
     assert sum(images_seen) == 2 * 16  # augmented crops change every epoch: no feature cache
 
@@ -583,7 +584,7 @@ def test_streamed_batches_train_what_the_split_held_whole_does(
     """train.loader: stream reads each batch from the images as the epoch goes (in reader processes
     on a GPU: here 2 on the CPU); the same seed gives the same batches, augmentation and MixUp
     draws, and so the same weights, as the split copied whole (train.loader: device)."""
-    monkeypatch.setattr(training, "_reader_processes", lambda device: readers)
+    monkeypatch.setattr(feeds, "_reader_processes", lambda device: readers)
     caplog.set_level(logging.INFO, logger="flowerpipe")
     images, labels, train_idx, val_idx = tiny_data(20)
     cfg = replace(RESUME_CFG, epochs=2, mixup=0.4, loader="device")

@@ -12,14 +12,14 @@ import torch
 import torchvision.models as tvm
 from conftest import make_photos, plain_train, without_timings
 
+from flowerpipe import training
 from flowerpipe.config import SplitConfig, TrainConfig
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.data.prepared import Prepared, load_prepared
 from flowerpipe.model.build import build_model
 from flowerpipe.model.inference import predict_logits
 from flowerpipe.model.transforms import CropFlip, augment_batch, build_augment, center_crop_batch, normalize
-from flowerpipe.prepare import scan as dataset
-from flowerpipe.training import loop as training
+from flowerpipe.prepare import scan
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +32,7 @@ CFG = plain_train(epochs=2, batch_size=16, lr=0.01, precision="fp32", device="cp
 def prepared(tmp_path_factory: pytest.TempPathFactory) -> Prepared:
     root = make_photos(tmp_path_factory.mktemp("photos"))
     out = tmp_path_factory.mktemp("prepared") / "prepared"
-    dataset.prepare(root, out, SplitConfig(val=0.2, test=0.2, seed=42), resize=RESIZE, workers=2)
+    scan.prepare(root, out, SplitConfig(val=0.2, test=0.2, seed=42), resize=RESIZE, workers=2)
     return load_prepared(out)
 
 
@@ -122,7 +122,7 @@ POSITIONS = [torch.tensor([3, 0, 7]), torch.tensor([5, 1])]  # an epoch's batche
 
 def feed_run(data: Prepared, cfg: TrainConfig = FEED_CFG) -> training.Run:
     model = build_model("resnet18", None, len(data.classes), seed=4)
-    return training._start_run(model, cfg, CPU, data.labels[data.splits == "train"])
+    return training.start_run(model, cfg, CPU, data.labels[data.splits == "train"])
 
 
 def image_feed(data: Prepared, run: training.Run) -> training.ImageFeed:
