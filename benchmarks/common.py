@@ -130,6 +130,9 @@ def pipeline_repo(folder: Path, changes: dict[str, dict[str, Any]], checkout: Pa
     (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     os.environ["DVC_NO_ANALYTICS"] = "1"
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
+    # the stages import the repo's copy of the package, not the checkout's (editable) install, so
+    # that editing the checkout while a benchmark runs changes nothing it measures
+    os.environ["PYTHONPATH"] = str(folder.resolve())
     for command in (("git", "init", "-q"), (*DVC, "init", "-q"), ("git", "add", "-A")):
         run(folder, *command)
     commit(folder, "pipeline")
