@@ -1,6 +1,6 @@
 """Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
 a row of a CSV file the moment it ends, so a sweep that stops (a session's end) loses nothing and
-the next start skips what is there.
+the next start skips what is there. `--summary` prints the CSV as a table of seeds' means.
 
     nohup uv run python benchmarks/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
         --set train.epochs=8 --results benchmarks/results/cpu_fast.csv &
@@ -39,7 +39,7 @@ FIELDS = [
 
 def main() -> None:
     parser = arguments(__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", required=True, help="a preset of presets/ (name or .yaml file)")
+    parser.add_argument("--preset", help="a preset of presets/ (name or .yaml file)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each run")
     parser.add_argument("--set", nargs="*", default=[], help="key=value (YAML) over the preset's params")
     parser.add_argument(
@@ -49,7 +49,13 @@ def main() -> None:
         help="model.weights (default: ../shared/weights/mobilenet_v2-imagenet.pth; null: random)",
     )
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks/results/cpu_fast.csv")
+    parser.add_argument("--summary", action="store_true", help="print the CSV's runs as a table, run none")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(read_rows(args.csv)))
+        return
+    if args.preset is None:
+        parser.error("--preset is required to run")
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     changes = leaves(read_preset(preset_path(args.preset, ROOT / "presets"), params))
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
@@ -100,6 +106,39 @@ def one_run(repo: Path, seed: int) -> dict[str, Any]:
         "commit": checkout.stdout.strip(),
         "date": datetime.date.today().isoformat(),
     }
+
+
+def summary(rows: list[dict[str, str]]) -> str:
+    """The runs as a markdown table: one line per preset, --set, CPU and capability, with the
+    seeds' mean ± sd of the train stage's minutes and of val and test accuracy."""
+    groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
+    for row in rows:
+        key = (row["preset"], row["set"], row["cpu"], row["cpu_flags"], row["capability"], row["precision"])
+        groups.setdefault(key, []).append(row)
+    lines = [
+        "| preset | --set | CPU; flags | capability | precision | seeds | train stage (min) | val | test |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for (preset, changes, cpu, flags, capability, precision), runs in groups.items():
+        seeds = ", ".join(r["seed"] for r in runs)
+        photos = {split: "/".join(sorted({r[f"{split}_photos"] for r in runs})) for split in ("val", "test")}
+        val = spread([100 * float(r["val_accuracy"]) for r in runs])
+        test = spread([100 * float(r["test_accuracy"]) for r in runs])
+        minutes = spread([float(r["train_min"]) for r in runs])
+        lines.append(
+            f"| {preset} | {changes} | {cpu}; {flags} | {capability} | {precision} | {seeds} | {minutes} "
+            f"| {val} % ({photos['val']}) | {test} % ({photos['test']}) |"
+        )
+    return "\n".join(lines)
+
+
+def spread(values: list[float]) -> str:
+    """mean ± sd (sd over the values, n - 1; a lone value has none)."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return f"{mean:.2f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{mean:.2f} ± {sd:.2f}"
 
 
 def nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:

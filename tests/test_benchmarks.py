@@ -220,6 +220,12 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
         assert mean["accuracy"] == f"{np.mean(accuracies):.4f} ± {np.std(accuracies, ddof=1):.4f}"
 
 
+def sweep_summary(table: Path) -> str:
+    command = [sys.executable, "benchmarks/sweep.py", "--csv", str(table), "--summary"]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
 def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Path, tmp_path: Path) -> None:
     preset = tmp_path / "tiny.yaml"
     preset.write_text(yaml.safe_dump({"data": {"image_size": IMAGE_SIZE}, "train": {"epochs": 1}}))
@@ -249,3 +255,8 @@ def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Pa
         assert row["precision"] in ("float32", "bfloat16") and row["capability"] == "native"
         assert row["commit"] and row["cpu"]
     assert len(list((tmp_path / "work/sweep-models").glob("tiny-*-seed[01].pt"))) == 2
+    table = sweep_summary(table)
+    [line] = [line for line in table.splitlines() if line.startswith("| tiny |")]
+    tests = [100 * float(r["test_accuracy"]) for r in rows]
+    mean, sd = np.mean(tests), np.std(tests, ddof=1)
+    assert "| 0, 1 |" in line and f"{mean:.2f} ± {sd:.2f} % ({rows[0]['test_photos']})" in line
