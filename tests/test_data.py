@@ -108,7 +108,7 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "prepared"
     metrics = prepare(photos, out)
     assert sorted(p.name for p in out.iterdir()) == [
-        "scan.json",
+        "dataset.json",
         "images.npy",
         "manifest.csv",
         "report.json",
@@ -117,7 +117,7 @@ def test_prepare_writes_the_dataset(photos: Path, tmp_path: Path) -> None:
     images = np.load(out / "images.npy")
     assert images.shape == (len(rows), RESIZE, RESIZE, 3) == (72, RESIZE, RESIZE, 3)
     assert images.dtype == np.uint8
-    meta = json.loads((out / "scan.json").read_text())
+    meta = json.loads((out / "dataset.json").read_text())
     assert meta["classes"] == ["daisy", "dandelion", "roses"]
     assert meta["resize_size"] == RESIZE
     assert {r["split"] for r in rows} == {"train", "val", "test"}
@@ -165,7 +165,7 @@ def test_bad_files_are_skipped_with_reasons(messy: Path, tmp_path: Path) -> None
     kept = {r["relpath"] for r in read_manifest(out)}
     assert not any("/." in p or p.startswith(".") for p in kept)
     assert not kept & set(reasons)
-    assert json.loads((out / "scan.json").read_text())["classes"] == ["daisy", "dandelion", "roses"]
+    assert json.loads((out / "dataset.json").read_text())["classes"] == ["daisy", "dandelion", "roses"]
 
 
 def test_unusual_image_modes_are_read(messy: Path, tmp_path: Path) -> None:
@@ -547,7 +547,7 @@ def test_write_prepared_cuts_the_cache_and_writes_the_manifest_and_report(tmp_pa
     assert read_manifest(tmp_path) == [{k: str(v) for k, v in r.items()} for r in rows]
     assert (tmp_path / "manifest.csv").read_text().splitlines()[0] == ",".join(MANIFEST_FIELDS)
     meta = {"classes": ["a", "b"], "resize_size": 2, "source_root": "/photos"}
-    assert json.loads((tmp_path / "scan.json").read_text()) == meta
+    assert json.loads((tmp_path / "dataset.json").read_text()) == meta
     report = json.loads((tmp_path / "report.json").read_text())
     assert report == {
         "source_root": "/photos",
