@@ -48,7 +48,7 @@ def target_layer(model: nn.Module, side: int) -> tuple[nn.Module, Reshape | None
             hooks.append(module.register_forward_hook(record))
     try:
         with torch.no_grad():
-            model(torch.zeros(1, 3, side, side))
+            model(torch.zeros(1, 3, side, side, device=next(model.parameters()).device))
     finally:
         for hook in hooks:
             hook.remove()
@@ -71,8 +71,8 @@ def patch_grid(tokens: torch.Tensor) -> torch.Tensor:
 
 def grad_cams(model: nn.Module, images: np.ndarray, classes: Sequence[int]) -> np.ndarray:
     """Grad-CAM maps (N x S x S, each scaled to [0, 1]) of uint8 NHWC `images` of the model's
-    input side S, each for its class in `classes`."""
-    layer, reshape = target_layer(model, images.shape[1])
+    input side S, each for its class in `classes`. The model is put in eval mode."""
+    layer, reshape = target_layer(model.eval(), images.shape[1])
     x = torch.from_numpy(to_model_input(images)).to(next(model.parameters()).device)
     x.requires_grad_(True)  # gradients reach the layer even where the weights are frozen
     with GradCAM(model, [layer], reshape_transform=reshape) as cam:
