@@ -99,6 +99,9 @@ def test_explain_file_overlays_the_photo_for_the_answer_or_a_label(trained: Path
     assert len({m.tobytes() for m in maps.values()}) == 3  # each class looked for in its own place
     with pytest.raises(ExplainError, match="--label 'cats': not one of the model's classes"):
         explain_file(trained, photo, "cats")
+    for bad, why in ((photo.with_name("missing.jpg"), "no such file"), (trained, "not a readable image")):
+        with pytest.raises(ExplainError, match=f"^{bad}: {why}$"):
+            explain_file(trained, bad)
 
 
 def test_overlays_of_cached_photos_match_explain_of_the_file(trained: Path) -> None:

@@ -16,7 +16,7 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from flowerpipe.core.errors import FlowerpipeError
-from flowerpipe.deploy.preprocess import center_crop, fit_square, load_rgb, to_model_input
+from flowerpipe.deploy.preprocess import center_crop, fit_square, image_failure, load_rgb, to_model_input
 from flowerpipe.model.build import head_name, load_trained
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
@@ -110,7 +110,11 @@ def explain_file(
     classes, size, resize = meta["classes"], meta["image_size"], meta["resize_size"]
     if label is not None and label not in classes:
         raise ExplainError(f"--label {label!r}: not one of the model's classes {classes}")
-    upright = load_rgb(photo)
+    try:
+        upright = load_rgb(photo)
+    except OSError as exc:  # missing, unreadable, not an image
+        why = "no such file" if isinstance(exc, FileNotFoundError) else image_failure(exc)
+        raise ExplainError(f"{photo}: {why}") from None
     crop = center_crop(fit_square(upright, resize), size)[None]
     if label is None:
         with torch.no_grad():
