@@ -24,9 +24,9 @@ sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
 
 from flowerpipe.config import SplitConfig  # noqa: E402
 from flowerpipe.data.prepared import Prepared, load_prepared  # noqa: E402
-from flowerpipe.deploy.preprocess import resize_size  # noqa: E402
 from flowerpipe.model.build import build_model, load_trained  # noqa: E402
 from flowerpipe.prepare.scan import prepare  # noqa: E402
+from flowerpipe.runtime.preprocess import resize_size  # noqa: E402
 
 
 def arguments(description: str) -> argparse.ArgumentParser:

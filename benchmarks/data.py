@@ -14,9 +14,9 @@ from PIL import Image
 from torchvision import transforms as T
 
 from flowerpipe.config import SplitConfig, TrainConfig
-from flowerpipe.deploy.preprocess import MEAN, STD, resize_size
 from flowerpipe.model.transforms import augment_batch, build_augment, normalize, to_nchw
 from flowerpipe.prepare.scan import prepare
+from flowerpipe.runtime.preprocess import MEAN, STD, resize_size
 
 
 def main() -> None:

@@ -18,11 +18,11 @@ import numpy as np
 from common import arguments, prepared, report
 
 from flowerpipe.data.prepared import Prepared
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.export.gate import Paired
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
+from flowerpipe.runtime.preprocess import resize_size
 
 
 def main() -> None:

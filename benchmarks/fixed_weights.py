@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from common import arguments, model_arguments, model_of, report
 
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import to_model_input
 from flowerpipe.export.onnx import export_onnx, onnx_metadata
 from flowerpipe.model.inference import for_inference
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import to_model_input
 
 
 def _timed(

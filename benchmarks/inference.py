@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 from common import arguments, model_arguments, model_of, prepared, report
 
-from flowerpipe.deploy.preprocess import center_crop, resize_size
 from flowerpipe.export.latency import measure_latency
 from flowerpipe.export.onnx import export_onnx, onnx_metadata
 from flowerpipe.export.quantize import calibration_indices, quantize_int8
+from flowerpipe.runtime.preprocess import center_crop, resize_size
 
 
 def main() -> None:

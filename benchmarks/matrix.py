@@ -46,14 +46,15 @@ from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import log
 from flowerpipe.core.errors import ConfigError, QuantizationError
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.export.gate import gate_int8
 from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
 from flowerpipe.export.quantize import calibration_indices, search_indices, search_int8
 from flowerpipe.model.architectures import BF16_SIDES, SMALLEST_SIDE, input_side
 from flowerpipe.model.build import build_model, load_trained, save_trained
+from flowerpipe.model.checks import check_trainable
 from flowerpipe.model.inference import predict_logits
 from flowerpipe.report.metrics import classification_metrics
+from flowerpipe.runtime.preprocess import resize_size
 from flowerpipe.training.loop import fit
 
 CLASSES = ("amber", "azure", "jade")
@@ -99,7 +100,7 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
     # training crops of the smallest side too; every layer learns in the one step
     params["train"].update(image_scale=1.0, head_epochs=0)
     try:
-        cfg = config_from_dict(params)
+        cfg = check_trainable(config_from_dict(params))
     except ConfigError as exc:
         row["refused"] = str(exc)
         return row
@@ -199,7 +200,9 @@ def _exact(arch: str, side: int, fixed: bool, model: torch.nn.Module) -> bool:
     takes one side only) and the model fails there too."""
     wrong = side + 32 if fixed else side - 1
     try:
-        config_from_dict({"data": {"image_size": wrong}, "model": {"arch": arch, "weights": None}})
+        check_trainable(
+            config_from_dict({"data": {"image_size": wrong}, "model": {"arch": arch, "weights": None}})
+        )
         return False
     except ConfigError:
         pass

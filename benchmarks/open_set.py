@@ -41,13 +41,13 @@ from torch import nn
 
 from flowerpipe.config import config_from_dict
 from flowerpipe.core.console import setup_logging
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import center_crop, fit_square
 from flowerpipe.model.build import build_model, head_name, headless
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
 from flowerpipe.model.knn import knn_similarity, unit_rows
 from flowerpipe.report.calibration import fit_temperature, max_softmax, reject_threshold
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import center_crop, fit_square
 from flowerpipe.training.loop import fit
 
 KEEP = 0.95  # share of the known val photos each threshold keeps

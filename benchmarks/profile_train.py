@@ -9,9 +9,9 @@ import torch
 from common import LIKE_THE_REFERENCE, arguments, prepared
 
 from flowerpipe.config import TrainConfig
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.model.build import build_model
 from flowerpipe.model.devices import resolve_device
+from flowerpipe.runtime.preprocess import resize_size
 from flowerpipe.training.loop import fit
 
 

@@ -17,8 +17,6 @@ from common import arguments, model_arguments, model_of, prepared, report
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.export.gate import Paired
 from flowerpipe.export.latency import measure_latency
 from flowerpipe.export.onnx import export_onnx, onnx_metadata
@@ -38,6 +36,8 @@ from flowerpipe.export.quantize import (
     search_indices,
     sensitive_nodes,
 )
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import resize_size
 
 
 def symmetric_activations(fp32: Path, out: Path, calibration: Rows, folder: Path) -> None:

@@ -18,10 +18,10 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from flowerpipe.config import TrainConfig
-from flowerpipe.deploy.preprocess import MEAN, STD, resize_size
 from flowerpipe.model.build import build_model
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
+from flowerpipe.runtime.preprocess import MEAN, STD, resize_size
 from flowerpipe.training.loop import fit
 
 

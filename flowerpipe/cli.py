@@ -105,7 +105,7 @@ def explain(args: argparse.Namespace) -> None:
 
 
 def predict(args: argparse.Namespace) -> int:
-    from flowerpipe.deploy.predict import Predictor
+    from flowerpipe.runtime.predictor import Predictor
 
     predictor = Predictor(args.model)
     failed = 0
@@ -118,7 +118,7 @@ def predict(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> None:
-    from flowerpipe.deploy.serve import Limits, serve
+    from flowerpipe.serve.app import Limits, serve
 
     given = {name: getattr(args, name) for name in ("max_bytes", "max_pixels", "max_images")}
     serve(

@@ -17,8 +17,7 @@ from typing import Any, Union
 import yaml
 
 from flowerpipe.core.errors import ConfigError
-from flowerpipe.deploy.metadata import REJECT_SCORES
-from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.runtime.metadata import REJECT_SCORES
 
 FLOWER_PHOTOS_URL = "https://storage.googleapis.com/download.tensorflow.org/example_images/flower_photos.tgz"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -86,13 +85,7 @@ class ModelConfig:
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        import torchvision.models as tvm
-
-        known = tvm.list_models(module=tvm)  # classification models only
-        if self.arch not in known:
-            close = [m for m in known if m.startswith(self.arch[:4])][:5]
-            hint = f" (did you mean {', '.join(close)}?)" if close else ""
-            raise ConfigError("model.arch", f"unknown torchvision classification model {self.arch!r}{hint}")
+        # model.arch is checked against torchvision's models where torch is: model.checks
         _check(self.weights is None or bool(self.weights.strip()), "model.weights", "must not be empty")
         _check(self.head in HEADS, "model.head", f"must be one of {', '.join(HEADS)}")
         _check(self.hidden >= 1, "model.hidden", "must be >= 1")
@@ -246,16 +239,6 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     plot: PlotConfig = field(default_factory=PlotConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
-
-    def __post_init__(self) -> None:
-        # the checks that build models and transforms need torch: imported here, so that reading
-        # the config does not (the deploy side and `flowerpipe preset` read params without it)
-        from flowerpipe.model.architectures import check_architecture
-        from flowerpipe.model.transforms import check_augment
-
-        size, train_size = self.data.image_size, self.train.train_size(self.data.image_size)
-        check_architecture(self.model.arch, self.model.weights, size, train_size)
-        check_augment(self.train.augment, train_size, resize_size(size, self.data.crop_ratio))
 
 
 def load_config(path: str | Path = "params.yaml") -> Config:

@@ -7,6 +7,7 @@ from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_csv, write_json
 from flowerpipe.core.console import log, run_main
 from flowerpipe.data.prepared import load_prepared
+from flowerpipe.model.architectures import check_architecture
 from flowerpipe.model.build import build_model
 from flowerpipe.model.devices import resolve_device
 
@@ -15,6 +16,8 @@ FIELDS = ["relpath", "given", "suggested", "score"]
 
 def main() -> None:
     cfg = load_config()
+    size = cfg.data.image_size
+    check_architecture(cfg.model.arch, cfg.model.weights, size, size)  # audit scores the evaluation side
     data = load_prepared("data/prepared")
     if cfg.model.weights is None:
         log.warning(
@@ -25,8 +28,7 @@ def main() -> None:
     else:
         model = build_model(cfg.model.arch, cfg.model.weights, len(data.classes)).eval()
         device = resolve_device(cfg.train.device)
-        size, batch = cfg.data.image_size, cfg.evaluate.batch_size
-        issues, metrics = audit_labels(model, data, size, batch, device, cfg.audit.folds)
+        issues, metrics = audit_labels(model, data, size, cfg.evaluate.batch_size, device, cfg.audit.folds)
         log.info("audit: %d of %d train and val photos flagged", metrics["flagged"], metrics["scored"])
     write_csv("results/audit/label_issues.csv", issues, FIELDS)
     write_json("results/audit/metrics.json", metrics)

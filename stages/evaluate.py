@@ -11,7 +11,6 @@ from flowerpipe.core.atomic import atomic_path, write_csv, write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import Prepared, load_prepared
-from flowerpipe.deploy.scores import softmax
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.devices import resolve_device
 from flowerpipe.model.inference import predict_logits
@@ -25,6 +24,7 @@ from flowerpipe.report.calibration import (
     reliability_bins,
 )
 from flowerpipe.report.metrics import classification_metrics, prediction_rows
+from flowerpipe.runtime.scores import softmax
 
 BANK = "results/evaluate/feature_bank.npy"  # export builds it into the model for the knn score
 Scored = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (logits, labels)

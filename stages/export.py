@@ -13,13 +13,13 @@ from flowerpipe.core.console import run_main
 from flowerpipe.core.files import file_digest
 from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import load_prepared
-from flowerpipe.deploy.metadata import KNN_OUTPUT
-from flowerpipe.deploy.preprocess import center_crop
 from flowerpipe.export.latency import measure_latency
 from flowerpipe.export.onnx import OUTPUT_NAME, check_parity, export_onnx, onnx_metadata
 from flowerpipe.model.build import load_trained
 from flowerpipe.model.knn import WithKnnScore
 from flowerpipe.report.calibration import read_rejection, read_temperature
+from flowerpipe.runtime.metadata import KNN_OUTPUT
+from flowerpipe.runtime.preprocess import center_crop
 
 MODEL = "models/model.onnx"
 WEIGHTS = "models/best.pt"

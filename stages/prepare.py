@@ -5,8 +5,8 @@ from pathlib import Path
 from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_json
 from flowerpipe.core.console import run_main
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.prepare import scan, sources
+from flowerpipe.runtime.preprocess import resize_size
 
 
 def main() -> None:

@@ -15,8 +15,9 @@ from flowerpipe.config import load_config
 from flowerpipe.core.atomic import write_json
 from flowerpipe.core.console import run_main
 from flowerpipe.data.prepared import load_prepared
-from flowerpipe.deploy.preprocess import resize_size
 from flowerpipe.model.build import build_model, save_trained, weights_identity
+from flowerpipe.model.checks import check_trainable
+from flowerpipe.runtime.preprocess import resize_size
 from flowerpipe.training.distributed import process_group
 from flowerpipe.training.runrecord import run_record
 
@@ -44,7 +45,7 @@ def logged(fit: functools.partial) -> training.FitResult:
 
 
 def main() -> None:
-    cfg = load_config()
+    cfg = check_trainable(load_config())  # a typo in model.arch or train.augment stops here
     with process_group(cfg.train.device) as process:
         data = load_prepared("data/prepared")
         head = {"head": cfg.model.head, "hidden": cfg.model.hidden, "dropout": cfg.model.dropout}

@@ -263,8 +263,8 @@ def classifier() -> torch.nn.Module:
     running statistics, and the head spreads `noisy_squares` over all the classes."""
     import torch
 
-    from flowerpipe.deploy.preprocess import center_crop, to_model_input
     from flowerpipe.model.build import build_model
+    from flowerpipe.runtime.preprocess import center_crop, to_model_input
 
     torch.manual_seed(0)
     net = build_model("resnet18", None, len(CLASSES))
@@ -289,7 +289,7 @@ def onnx_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.Fixture
     """A small model for IMAGE_SIZE inputs exported with flowerpipe's metadata: `classifier` through
     the export code where torch is installed, else (the deploy tests' environment) a graph built with
     `onnx` alone that answers from the photo's mean colour."""
-    from flowerpipe.deploy.metadata import onnx_metadata
+    from flowerpipe.runtime.metadata import onnx_metadata
 
     path = tmp_path_factory.mktemp("export") / "model.onnx"
     metadata = onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
@@ -307,8 +307,8 @@ def knn_model(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureR
     """`onnx_model`'s kind of model with a knn score beside its logits, its feature bank made of
     `noisy_squares` (seed 2), and no threshold yet (`rejecting` sets one): through the export code
     where torch is installed, else built with `onnx` alone on the mean colour."""
-    from flowerpipe.deploy.metadata import KNN_OUTPUT, onnx_metadata
-    from flowerpipe.deploy.preprocess import center_crop, to_model_input
+    from flowerpipe.runtime.metadata import KNN_OUTPUT, onnx_metadata
+    from flowerpipe.runtime.preprocess import center_crop, to_model_input
 
     path = tmp_path_factory.mktemp("export") / "knn.onnx"
     metadata = onnx_metadata(list(CLASSES), "resnet18", IMAGE_SIZE, RESIZE, {"git_commit": "abc123"})
@@ -380,7 +380,7 @@ def _colour_model(path: Path, metadata: dict[str, str], bank: np.ndarray | None 
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from flowerpipe.deploy.metadata import KNN_K, KNN_OUTPUT
+    from flowerpipe.runtime.metadata import KNN_K, KNN_OUTPUT
 
     weight = np.array([[3.0, -1.5, -1.5], [-1.5, 3.0, -1.5], [-1.5, -1.5, 3.0]], dtype=np.float32)
     nodes = [

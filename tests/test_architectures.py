@@ -13,11 +13,12 @@ import torch
 import torchvision.models as tvm
 from conftest import PLAIN_TRAIN
 
-from flowerpipe.config import config_from_dict
+from flowerpipe.config import Config, config_from_dict
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.export.onnx import check_parity, export_onnx, onnx_metadata
 from flowerpipe.model.architectures import BF16_SIDES, MIN_SIDES, input_side, parameters
 from flowerpipe.model.build import build_model, freeze, head_name
+from flowerpipe.model.checks import check_trainable
 from flowerpipe.training.loop import fit
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]  # every family
@@ -46,6 +47,11 @@ FAMILIES = [  # (model, input side): each family's smallest member at its smalle
 ]
 
 
+def trainable(raw: dict) -> Config:
+    """params as the train stage reads them: read, then checked where torch is."""
+    return check_trainable(config_from_dict(raw))
+
+
 def photos(side: int, count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """uint8 NHWC squares a few pixels larger than `side` (as prepare caches them) and labels."""
     rng = np.random.default_rng(seed)
@@ -61,7 +67,7 @@ def test_family_trains_freezes_and_exports(
     model where the head is not the last step); the ONNX file matches PyTorch."""
     caplog.set_level(logging.INFO, logger="flowerpipe")
     params = {"data": {"image_size": side}, "model": {"arch": arch, "weights": None}}
-    cfg = config_from_dict({**params, "train": PLAIN_TRAIN})  # every layer learns in the one step
+    cfg = trainable({**params, "train": PLAIN_TRAIN})  # every layer learns in the one step
     one_step = replace(cfg.train, epochs=1, batch_size=8, precision="fp32")  # RegNet diverges on 4
     images, labels = photos(side, 12)
     train, val = np.arange(8), np.arange(8, 12)
@@ -113,13 +119,13 @@ def test_the_side_rule_is_exact(arch: str) -> None:
                 model(torch.zeros(1, 3, size, size))
             with pytest.raises(ConfigError, match=f"model.arch: {arch} (needs|takes only)"):
                 params = {"data": {"image_size": size}, "model": {"arch": arch, "weights": None}}
-                config_from_dict({**params, "train": PLAIN_TRAIN})  # training crops of that size too
+                trainable({**params, "train": PLAIN_TRAIN})  # training crops of that size too
 
 
 def refusal(arch: str, size: int = 224, scale: float = 1.0, weights: str | None = None) -> str:
     with pytest.raises(ConfigError) as caught:
         params = {"data": {"image_size": size}, "train": {**PLAIN_TRAIN, "image_scale": scale}}
-        config_from_dict({**params, "model": {"arch": arch, "weights": weights}})
+        trainable({**params, "model": {"arch": arch, "weights": weights}})
     (line,) = str(caught.value).splitlines()
     return line
 
@@ -136,7 +142,7 @@ def test_a_fixed_side_model_names_the_side_it_needs() -> None:
     assert refusal("vit_b_16", weights="IMAGENET1K_SWAG_E2E_V1").endswith(
         "takes only 384 px inputs: it needs data.image_size 384 (got 224 px, training crops 224 px)"
     )
-    config_from_dict(
+    trainable(
         {
             "data": {"image_size": 384},
             "model": {"arch": "vit_b_16", "weights": "IMAGENET1K_SWAG_E2E_V1"},
@@ -165,7 +171,7 @@ def test_a_model_with_a_smallest_side_names_it() -> None:
         "params.yaml: model.arch: inception_v3 needs training crops >= 75 px "
         "(data.image_size x train.image_scale gives 48)"
     )
-    config_from_dict({"data": {"image_size": 75}, "model": {"arch": "inception_v3"}, "train": PLAIN_TRAIN})
+    trainable({"data": {"image_size": 75}, "model": {"arch": "inception_v3"}, "train": PLAIN_TRAIN})
 
 
 def test_regnet_keeps_its_last_strided_grouped_convolution_off_a_one_pixel_map() -> None:
@@ -195,7 +201,7 @@ def test_every_other_model_is_accepted_at_its_smallest_side() -> None:
         side, _ = input_side(arch, None)
         try:
             params = {"data": {"image_size": side}, "model": {"arch": arch, "weights": None}}
-            config_from_dict({**params, "train": PLAIN_TRAIN})  # training crops of that side too
+            trainable({**params, "train": PLAIN_TRAIN})  # training crops of that side too
         except ConfigError:
             refused.append(arch)
     assert refused == ["regnet_y_128gf", "vit_h_14"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from flowerpipe.data.cache import ImageCache, Rows
-from flowerpipe.deploy.preprocess import center_crop
+from flowerpipe.runtime.preprocess import center_crop
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from flowerpipe.core.errors import DataError
-from flowerpipe.deploy.scores import softmax
 from flowerpipe.report.calibration import (
     brier_score,
     calibration_scores,
@@ -25,6 +24,7 @@ from flowerpipe.report.calibration import (
     reliability_bins,
 )
 from flowerpipe.report.metrics import classification_metrics, expected_calibration_error
+from flowerpipe.runtime.scores import softmax
 
 
 def drawn(t0: float, count: int = 20000, classes: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

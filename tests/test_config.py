@@ -18,8 +18,9 @@ from torchvision.transforms import v2
 
 from flowerpipe.config import FLOWER_PHOTOS_URL, Config, config_from_dict, load_config
 from flowerpipe.core.errors import ConfigError
-from flowerpipe.deploy.preprocess import resize_size
+from flowerpipe.model.checks import check_trainable
 from flowerpipe.model.transforms import augment_batch, build_augment
+from flowerpipe.runtime.preprocess import resize_size
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -163,7 +164,7 @@ def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
 )
 def test_bad_value_names_its_key(raw: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as info:
-        config_from_dict(raw)
+        check_trainable(config_from_dict(raw))  # model.arch and train.augment: where torch is
     assert info.value.key == key
     assert f": {key}: " in str(info.value)
     assert "\n" not in str(info.value)
@@ -182,7 +183,7 @@ def test_unknown_key_lists_the_known_ones() -> None:
 
 def test_unknown_arch_suggests_close_names() -> None:
     with pytest.raises(ConfigError, match="resnet18") as info:
-        config_from_dict({"model": {"arch": "resnet19"}})
+        check_trainable(config_from_dict({"model": {"arch": "resnet19"}}))
     assert info.value.key == "model.arch"
 
 
@@ -291,7 +292,7 @@ def test_every_augment_that_params_yaml_accepts_runs_on_training_images() -> Non
         # training crops of `size`, the size build_augment makes below
         params = {"data": {"image_size": size}, "train": {"image_scale": 1.0, "augment": [step]}}
         try:
-            config_from_dict(params)
+            check_trainable(config_from_dict(params))
         except ConfigError as exc:
             assert str(exc).startswith("params.yaml: train.augment") and "\n" not in str(exc), step
             refused += 1
@@ -357,16 +358,18 @@ def test_every_config_field_is_in_params_yaml(left_out: dict[str, Any]) -> None:
     assert config_from_dict({}) == Config() == load_config(REPO / "params.yaml")
 
 
-def test_reading_the_config_imports_no_torch_and_still_stops_a_typo_before_training(tmp_path: Path) -> None:
-    code = (
-        "import sys, flowerpipe.config; print('torch' in sys.modules); "
-        "from flowerpipe.config import load_config; load_config(sys.argv[1])"
-    )
+def test_reading_the_config_imports_no_torch_and_the_train_stage_stops_a_typo_first(tmp_path: Path) -> None:
+    read = "import sys, flowerpipe.config as c; c.load_config(sys.argv[1]); print('torch' in sys.modules)"
     for key, value in (("model", {"arch": "resnet81"}), ("train", {"augment": [{"RandomCrp": {}}]})):
-        params = tmp_path / "params.yaml"
-        params.write_text(yaml.safe_dump({key: value}))
+        (tmp_path / "params.yaml").write_text(yaml.safe_dump({key: value}))
         done = subprocess.run(
-            [sys.executable, "-c", code, str(params)], capture_output=True, text=True, cwd=REPO
+            [sys.executable, "-c", read, "params.yaml"], capture_output=True, text=True, cwd=tmp_path
         )
-        assert done.stdout.strip() == "False"  # imported without torch
-        assert done.returncode == 1 and f"{key}." in done.stderr.splitlines()[-1], done.stderr
+        assert done.stdout.strip() == "False", done.stderr  # read, and no torch imported
+        # the train stage checks the model and augmentation before it reads the prepared data (there is
+        # none here) or builds a model
+        train = subprocess.run(
+            [sys.executable, REPO / "stages/train.py"], capture_output=True, text=True, cwd=tmp_path
+        )
+        assert train.returncode == 1 and train.stderr.count("\n") == 1, train.stderr
+        assert train.stderr.startswith(f"error: params.yaml: {key}."), train.stderr

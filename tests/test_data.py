@@ -21,9 +21,9 @@ from flowerpipe.core.errors import DataError
 from flowerpipe.core.files import Skipped
 from flowerpipe.data.cache import ImageCache
 from flowerpipe.data.prepared import MANIFEST_FIELDS, load_prepared
-from flowerpipe.deploy import preprocess
 from flowerpipe.prepare import scan
 from flowerpipe.prepare.split import assign_splits
+from flowerpipe.runtime import preprocess
 
 RESIZE = 40
 SPLIT = SplitConfig(val=0.2, test=0.2, seed=42)

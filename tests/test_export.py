@@ -15,8 +15,8 @@ from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 
 from flowerpipe.config import ExportConfig
 from flowerpipe.core.errors import ParityError
-from flowerpipe.deploy.preprocess import MEAN, STD, center_crop, to_model_input
 from flowerpipe.export import onnx as export
+from flowerpipe.runtime.preprocess import MEAN, STD, center_crop, to_model_input
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

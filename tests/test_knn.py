@@ -13,13 +13,13 @@ from conftest import IMAGE_SIZE, RESIZE, knn_bank_in, noisy_squares, rejecting
 
 from flowerpipe.config import ExportConfig
 from flowerpipe.core.errors import ParityError
-from flowerpipe.deploy.metadata import KNN_OUTPUT, onnx_metadata
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import center_crop, to_model_input
 from flowerpipe.export.onnx import OUTPUT_NAME, check_parity, export_onnx
 from flowerpipe.export.quantize import quantize_int8, score_only_nodes
 from flowerpipe.model.build import build_model
 from flowerpipe.model.knn import WithKnnScore, feature_bank, features, knn_similarity, unit_rows
+from flowerpipe.runtime.metadata import KNN_OUTPUT, onnx_metadata
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import center_crop, to_model_input
 
 CPU = torch.device("cpu")
 

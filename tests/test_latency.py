@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from conftest import IMAGE_SIZE, noisy_squares
 
-from flowerpipe.deploy.preprocess import center_crop
 from flowerpipe.export.latency import measure_latency, median_seconds
+from flowerpipe.runtime.preprocess import center_crop
 
 
 def test_latency_of_every_engine(classifier: torch.nn.Module, onnx_model: Path) -> None:

@@ -9,7 +9,6 @@ import pytest
 import torch
 from torch import nn
 
-from flowerpipe.deploy.scores import softmax
 from flowerpipe.model.inference import folded_where_fixed, for_inference, predict_logits
 from flowerpipe.report.metrics import (
     classification_metrics,
@@ -17,6 +16,7 @@ from flowerpipe.report.metrics import (
     expected_calibration_error,
     prediction_rows,
 )
+from flowerpipe.runtime.scores import softmax
 
 CLASSES = ["a", "b", "c"]
 # true:      a  a  b  b  c  c

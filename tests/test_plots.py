@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 
-from flowerpipe.deploy.predict import softmax
 from flowerpipe.report.calibration import fit_temperature, reliability_bins
 from flowerpipe.report.metrics import prediction_rows
 from flowerpipe.report.plots import (
@@ -21,6 +20,7 @@ from flowerpipe.report.plots import (
     read_predictions,
     reliability_figure,
 )
+from flowerpipe.runtime.scores import softmax
 
 CLASSES = ["daisy", "roses", "tulips"]
 

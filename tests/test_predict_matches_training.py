@@ -12,9 +12,9 @@ from conftest import CLASSES, IMAGE_SIZE, RESIZE, make_photos
 
 from flowerpipe.config import SplitConfig
 from flowerpipe.data.prepared import load_prepared
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import center_crop, to_model_input
 from flowerpipe.prepare import scan
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import center_crop, to_model_input
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from conftest import REPO
 from flowerpipe.config import Config, config_from_dict
 from flowerpipe.core.errors import ConfigError
 from flowerpipe.model.build import build_model, freeze
+from flowerpipe.model.checks import check_trainable
 from flowerpipe.presets import leaves, preset_path, read_preset, set_flags
 
 PRESETS = sorted((REPO / "presets").glob("*.yaml"))
@@ -42,7 +43,7 @@ def applied(argv: list[str]) -> Config:
                 section = section[name]
             assert leaf in section, f"{key} is not a key of params.yaml"
             section[leaf] = yaml.safe_load(value)
-    return config_from_dict(params)
+    return check_trainable(config_from_dict(params))
 
 
 def preset_config(name: str, *options: str) -> Config:

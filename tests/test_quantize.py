@@ -19,8 +19,6 @@ from onnx import numpy_helper
 from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
 from flowerpipe.core.errors import QuantizationError
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import center_crop
 from flowerpipe.export import onnx as export
 from flowerpipe.export import quantize
 from flowerpipe.export.gate import gate_int8
@@ -42,6 +40,8 @@ from flowerpipe.export.quantize import (
     search_indices,
     search_int8,
 )
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import center_crop
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,9 @@ the stage, and to no other module does."""
 from __future__ import annotations
 
 import ast
+import importlib
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,11 +27,29 @@ def module_file(name: str) -> str | None:
     return None
 
 
-def executed(name: str) -> set[str]:
-    """The files that importing module `name` runs first: each enclosing package's `__init__.py`,
-    then the module itself (an imported name that is not a module adds nothing)."""
+def exports(package: str) -> dict[str, str]:
+    """A subpackage's lazy exports (its `__init__`'s EXPORTS): each public name's module."""
+    init = module_file(package)
+    if init is None or not init.endswith("__init__.py"):
+        return {}
+    for node in ast.walk(ast.parse((REPO / init).read_text())):
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "EXPORTS":
+            table = ast.literal_eval(node.value)
+            return {name: f"{package}.{module}" for module, names in table.items() for name in names}
+    return {}
+
+
+def executed(name: str, whole: bool = True) -> set[str]:
+    """The files that importing `name` runs: each enclosing package's `__init__.py`, then the module
+    itself; a name a subpackage exports lazily, its module; a whole subpackage imported as one
+    name (`from flowerpipe import training`), every module it exports (`whole`)."""
     parts = name.split(".")
     found = {module_file(".".join(parts[:i])) for i in range(1, len(parts) + 1)}
+    lazy = exports(".".join(parts[:-1]))
+    if parts[-1] in lazy:
+        found |= executed(lazy[parts[-1]])
+    if whole:
+        found |= {f for module in set(exports(name).values()) for f in executed(module)}
     return {f for f in found if f}
 
 
@@ -39,18 +60,18 @@ def imported_modules(path: Path) -> set[str]:
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
+            names = [(alias.name, True) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):  # the module, or the package and its modules
             module = node.module or ""
             if node.level:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 module = ".".join([*base, module]).rstrip(".")
-            names = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            names = [(module, False), *((f"{module}.{alias.name}", True) for alias in node.names)]
         else:
             continue
-        for name in names:
+        for name, whole in names:
             if name.split(".")[0] == PACKAGE:
-                found |= executed(name)
+                found |= executed(name, whole)
     return found
 
 
@@ -110,21 +131,42 @@ def test_imports_are_found_in_every_form(tmp_path: Path) -> None:
         "from flowerpipe import config\n"
         "from flowerpipe.core.console import log\n"
         "from flowerpipe.report import metrics\n"
+        "from flowerpipe.model import build_model\n"  # a lazy export: its module
         "def later():\n"
-        "    from flowerpipe.deploy.predict import Predictor\n"
+        "    from flowerpipe.runtime.predictor import Predictor\n"
         "import json\n"
     )
     init = f"{PACKAGE}/{{}}/__init__.py"
     assert imported_modules(script) == {
         f"{PACKAGE}/__init__.py",
-        *(init.format(sub) for sub in ("core", "report", "deploy")),
+        *(init.format(sub) for sub in ("core", "report", "runtime", "model")),
+        f"{PACKAGE}/model/build.py",
         *(f"{PACKAGE}/{m}.py" for m in ("core/atomic", "config", "core/console", "report/metrics")),
-        f"{PACKAGE}/deploy/predict.py",
+        f"{PACKAGE}/runtime/predictor.py",
     }
-    relative = REPO / PACKAGE / "deploy" / "relative_probe.py"  # a relative import within the package
+    relative = REPO / PACKAGE / "runtime" / "relative_probe.py"  # a relative import within the package
     relative.write_text("from .preprocess import load_rgb\nfrom ..core import errors\n")
     try:
         found = imported_modules(relative)
     finally:
         relative.unlink()
-    assert {f"{PACKAGE}/deploy/preprocess.py", f"{PACKAGE}/core/errors.py"} <= found
+    assert {f"{PACKAGE}/runtime/preprocess.py", f"{PACKAGE}/core/errors.py"} <= found
+
+
+SUBPACKAGES = sorted(p.name for p in (REPO / PACKAGE).iterdir() if (p / "__init__.py").is_file())
+
+
+@pytest.mark.parametrize("name", SUBPACKAGES)
+def test_a_subpackage_exports_its_public_names_and_loads_none_of_its_modules_until_used(name: str) -> None:
+    package = f"{PACKAGE}.{name}"
+    code = (
+        f"import importlib, sys; p = importlib.import_module({package!r}); "
+        f"print(sorted(m for m in sys.modules if m.startswith({package + '.'!r}))); "
+        "print(all(getattr(p, n) is not None for n in p.__all__), len(p.__all__))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    loaded, resolved = done.stdout.splitlines()
+    assert loaded == ("['flowerpipe.core.exports']" if name == "core" else "[]")
+    assert resolved.split()[0] == "True" and int(resolved.split()[1]) >= 1
+    assert set(exports(package)) == set(importlib.import_module(package).__all__)

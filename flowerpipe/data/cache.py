@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.format import open_memmap
 
-from flowerpipe.deploy.preprocess import center_crop
+from flowerpipe.runtime.preprocess import center_crop
 
 Index = int | slice | np.ndarray | list[int]
 

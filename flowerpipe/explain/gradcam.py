@@ -16,8 +16,8 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
 from flowerpipe.core.errors import FlowerpipeError
-from flowerpipe.deploy.preprocess import center_crop, fit_square, image_failure, load_rgb, to_model_input
 from flowerpipe.model.build import head_name, load_trained
+from flowerpipe.runtime.preprocess import center_crop, fit_square, image_failure, load_rgb, to_model_input
 
 Reshape = Callable[[torch.Tensor], torch.Tensor]
 DIMMED = 0.4  # the brightness of the photo outside the square the model sees

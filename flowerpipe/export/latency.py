@@ -13,8 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import to_model_input
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import to_model_input
 
 BATCH = 32
 

@@ -15,10 +15,10 @@ from torch import nn
 
 from flowerpipe.core.errors import ParityError
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.metadata import onnx_metadata as onnx_metadata  # what export writes, deploy reads
-from flowerpipe.deploy.predict import inference_session
-from flowerpipe.deploy.preprocess import center_crop as crop_nhwc
-from flowerpipe.deploy.preprocess import to_model_input
+from flowerpipe.runtime.metadata import onnx_metadata as onnx_metadata  # what export writes, deploy reads
+from flowerpipe.runtime.predictor import inference_session
+from flowerpipe.runtime.preprocess import center_crop as crop_nhwc
+from flowerpipe.runtime.preprocess import to_model_input
 
 if TYPE_CHECKING:  # a type only: the config is built above this package
     import onnxruntime as ort

@@ -42,10 +42,10 @@ from onnxruntime.quantization.shape_inference import quant_pre_process
 from flowerpipe.core.console import log
 from flowerpipe.core.errors import QuantizationError
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import to_model_input
-from flowerpipe.deploy.scores import log_softmax
 from flowerpipe.export.latency import median_seconds
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import to_model_input
+from flowerpipe.runtime.scores import log_softmax
 
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
 METHODS = ("MinMax", "Percentile", "Entropy")

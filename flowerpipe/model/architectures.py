@@ -56,6 +56,11 @@ def parameters(arch: str) -> int:
 def check_architecture(arch: str, weights: str | None, image_size: int, train_crop: int) -> None:
     """Raise ConfigError naming the key if `arch` cannot be trained on `train_crop` px crops,
     evaluated at `image_size` px, or exported to one ONNX file."""
+    known = tvm.list_models(module=tvm)  # classification models only
+    if arch not in known:
+        close = [m for m in known if m.startswith(arch[:4])][:5]
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise ConfigError("model.arch", f"unknown torchvision classification model {arch!r}{hint}")
     count = parameters(arch)
     if 4 * count >= ONNX_LIMIT_BYTES:
         raise ConfigError(

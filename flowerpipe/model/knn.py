@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 from flowerpipe.data.cache import Rows
-from flowerpipe.deploy.metadata import KNN_K
 from flowerpipe.model.build import head_name, headless
 from flowerpipe.model.inference import predict_logits
+from flowerpipe.runtime.metadata import KNN_K
 
 
 def unit_rows(feats: np.ndarray) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from flowerpipe.core.errors import ConfigError
-from flowerpipe.deploy.preprocess import MEAN, STD
+from flowerpipe.runtime.preprocess import MEAN, STD
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
 CHECKED_IMAGES = 8  # dummy images each train.augment step is tried on when params.yaml is read

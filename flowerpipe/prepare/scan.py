@@ -30,10 +30,10 @@ from flowerpipe.core.errors import DataError
 from flowerpipe.core.files import Skipped, is_hidden, unreadable, walk_images
 from flowerpipe.data.cache import ImageCache
 from flowerpipe.data.prepared import MANIFEST_FIELDS
-from flowerpipe.deploy import preprocess
 from flowerpipe.prepare.duplicates import dhash, duplicate_groups
 from flowerpipe.prepare.exclude import exclude_rows, move_up
 from flowerpipe.prepare.split import assign_splits, split_counts
+from flowerpipe.runtime import preprocess
 
 if TYPE_CHECKING:  # a type only: the config is built above this package
     from flowerpipe.config import SplitConfig

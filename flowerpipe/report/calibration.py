@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 
 from flowerpipe.core.errors import DataError
-from flowerpipe.deploy.metadata import REJECT_SCORES, SCORE_RANGES
-from flowerpipe.deploy.scores import log_softmax, softmax
 from flowerpipe.report.metrics import expected_calibration_error
+from flowerpipe.runtime.metadata import REJECT_SCORES, SCORE_RANGES
+from flowerpipe.runtime.scores import log_softmax, softmax
 
 # T is searched in [1/20, 20]: wider than any temperature a trained classifier needs, narrow enough
 # that a val split the model separates perfectly (NLL falling towards T = 0) still gets a number.

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from flowerpipe.deploy.scores import softmax
+from flowerpipe.runtime.scores import softmax
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> np.ndarray:

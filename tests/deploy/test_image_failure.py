@@ -13,10 +13,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from flowerpipe.core.errors import ImageTooLarge
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import TOO_MANY_PIXELS, image_failure, load_rgb
-from flowerpipe.deploy.serve import Limits, create_app
 from flowerpipe.prepare.scan import read_photo
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import TOO_MANY_PIXELS, image_failure, load_rgb
+from flowerpipe.serve.app import Limits, create_app
 
 
 def png(width: int = 8, height: int = 8) -> bytes:

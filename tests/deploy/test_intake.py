@@ -1,4 +1,4 @@
-"""`deploy.intake.Intake`: what one request may send, and the errors that name the image."""
+"""`serve.intake.Intake`: what one request may send, and the errors that name the image."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 from starlette.requests import Request
 
-from flowerpipe.deploy.intake import ApiError, Intake, Limits, Upload
-from flowerpipe.deploy.preprocess import preprocess_file
+from flowerpipe.runtime.preprocess import preprocess_file
+from flowerpipe.serve.intake import ApiError, Intake, Limits, Upload
 
 LIMITS = Limits(max_bytes=1000, max_pixels=10_000, max_images=2)
 

@@ -1,4 +1,4 @@
-"""`deploy.openapi`: the schemas, error statuses and request bodies it holds are what the app serves."""
+"""`serve.openapi`: the schemas, error statuses and request bodies it holds are what the app serves."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from flowerpipe.deploy import openapi
-from flowerpipe.deploy.serve import Limits, create_app
+from flowerpipe.runtime import openapi
+from flowerpipe.serve.app import Limits, create_app
 
 RESPONSES = {
     ("post", "/predict"): openapi.PredictResponse,

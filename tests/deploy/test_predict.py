@@ -14,9 +14,9 @@ import pytest
 from conftest import CLASSES, REPO, make_photos, rejecting, unprivileged, with_metadata
 
 from flowerpipe.core.errors import ModelError
-from flowerpipe.deploy import predict
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.preprocess import to_model_input
+from flowerpipe.runtime import predict
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.runtime.preprocess import to_model_input
 
 
 def predict_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -35,7 +35,7 @@ def photos(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_importing_predict_does_not_import_torch() -> None:
     code = (
-        "import sys, flowerpipe.deploy.predict, flowerpipe.deploy.serve, flowerpipe.cli;"
+        "import sys, flowerpipe.runtime.predictor, flowerpipe.serve.app, flowerpipe.cli;"
         "print([m for m in sys.modules if 'torch' in m])"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)

@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.checks import positive_data_acceptance
 
-from flowerpipe.deploy.openapi import BatchResponse, PredictResponse
-from flowerpipe.deploy.predict import Predictor
-from flowerpipe.deploy.serve import Limits, create_app
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.serve.app import Limits, create_app
+from flowerpipe.serve.openapi import BatchResponse, PredictResponse
 
 
 def jpeg(seed: int = 0, label: str = "roses") -> bytes:

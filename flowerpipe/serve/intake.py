@@ -12,7 +12,7 @@ import numpy as np
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 
-from flowerpipe.deploy.preprocess import TOO_MANY_PIXELS, image_failure
+from flowerpipe.runtime.preprocess import TOO_MANY_PIXELS, image_failure
 
 Upload = tuple[str, bytes]  # a name for errors ("body", "files[1] (rose.jpg)") and the bytes sent
 

@@ -23,9 +23,9 @@ import onnxruntime as ort
 
 from flowerpipe.core.errors import ModelError
 from flowerpipe.core.files import QUIET, unreadable, walk_images
-from flowerpipe.deploy.metadata import KNN_OUTPUT, REJECT_SCORES, SCORE_RANGES
-from flowerpipe.deploy.preprocess import image_failure, preprocess_file, to_model_input
-from flowerpipe.deploy.scores import softmax
+from flowerpipe.runtime.metadata import KNN_OUTPUT, REJECT_SCORES, SCORE_RANGES
+from flowerpipe.runtime.preprocess import image_failure, preprocess_file, to_model_input
+from flowerpipe.runtime.scores import softmax
 
 REQUIRED_METADATA = ("classes", "image_size", "resize_size", "mean", "std")
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from flowerpipe.deploy.preprocess import MEAN, STD
+from flowerpipe.runtime.preprocess import MEAN, STD
 
 # The rejection rules a file can name, each with the range of its score: max_softmax, the largest
 # calibrated probability; knn, the cosine similarity of the photo's features to those of its k-th

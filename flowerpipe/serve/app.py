@@ -25,8 +25,9 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from flowerpipe.deploy.intake import DEFAULT_LIMITS, ApiError, Intake, Limits, Upload
-from flowerpipe.deploy.openapi import (
+from flowerpipe.runtime.predictor import Predictor
+from flowerpipe.serve.intake import DEFAULT_LIMITS, ApiError, Intake, Limits, Upload
+from flowerpipe.serve.openapi import (
     ERRORS,
     BatchResponse,
     Health,
@@ -35,7 +36,6 @@ from flowerpipe.deploy.openapi import (
     batch_body,
     predict_body,
 )
-from flowerpipe.deploy.predict import Predictor
 
 __all__ = ["ApiError", "Limits", "Service", "create_app", "serve"]
 
