@@ -21,6 +21,9 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the flowerpipe package of this checkout
+sys.path.insert(0, str(ROOT / "tests"))  # the throwaway DVC repo the tests run in
+
+from helpers.repo import DvcRepo  # noqa: E402
 
 from flowerpipe.config import SplitConfig  # noqa: E402
 from flowerpipe.data.prepared import Prepared, load_prepared  # noqa: E402
@@ -115,42 +118,21 @@ def run_measured(repo: Path, *args: str) -> tuple[float, float, str]:
 
 
 def pipeline_repo(folder: Path, changes: dict[str, dict[str, Any]], checkout: Path = ROOT) -> dict[str, Any]:
-    """A new git + DVC repo in `folder` holding the pipeline of `checkout` with `changes` made to
-    its params (section by section); returns the params."""
+    """A new git + DVC repo in `folder` (tests/helpers/repo.py's, which the tests run in) holding
+    the pipeline of `checkout` with `changes` made to its params (section by section); this
+    process's commands then run with its environment. Returns the params."""
     shutil.rmtree(folder, ignore_errors=True)
-    (folder / "data").mkdir(parents=True)
-    for name in ("dvc.yaml", "params.yaml", ".gitignore", "data/exclude.txt"):
-        if (checkout / name).exists():  # an older checkout has no data/exclude.txt
-            shutil.copy(checkout / name, folder / name)
-    for name in ("stages", "flowerpipe"):
-        shutil.copytree(checkout / name, folder / name, ignore=shutil.ignore_patterns("__pycache__"))
-    params = yaml.safe_load((folder / "params.yaml").read_text())
-    for section, values in changes.items():
-        params[section].update(values)
-    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    os.environ["DVC_NO_ANALYTICS"] = "1"
-    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
-    # the stages import the repo's copy of the package, not the checkout's (editable) install, so
-    # that editing the checkout while a benchmark runs changes nothing it measures
-    os.environ["PYTHONPATH"] = str(folder.resolve())
-    for command in (("git", "init", "-q"), (*DVC, "init", "-q"), ("git", "add", "-A")):
-        run(folder, *command)
-    commit(folder, "pipeline")
-    return params
+    repo = DvcRepo(folder, checkout=checkout)
+    repo.set_params(changes)
+    repo.commit("params")
+    os.environ.update(repo.env)  # the stages import the repo's copy of the package (see environment)
+    return yaml.safe_load((folder / "params.yaml").read_text())
 
 
 def commit(repo: Path, message: str) -> None:
-    run(
-        repo,
-        "git",
-        "-c",
-        "user.name=bench",
-        "-c",
-        "user.email=bench@example.invalid",
-        "commit",
-        "-qm",
-        message,
-    )
+    """Commit everything in a `pipeline_repo`."""
+    run(repo, "git", "add", "-A")
+    run(repo, "git", "commit", "-qm", message, "--allow-empty")
 
 
 def prepared(photos: Path, work: Path, resize: int) -> Prepared:

@@ -42,7 +42,6 @@ def main() -> None:
     rows.append(
         {"command": "dvc repro (the rest)", "seconds": seconds, "stages run": " ".join(stages_run(output))}
     )
-    run(repo, "git", "add", "-A")
     commit(repo, "run")
 
     noop = []

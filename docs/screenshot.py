@@ -4,7 +4,7 @@
 
 It starts `flowerpipe serve MODEL.onnx` on a free loopback port, opens the page in headless
 Chromium through Playwright (the system's /usr/bin/chromium; Playwright downloads no browser),
-picks PHOTO in the page's file input as tests/test_serve.py does, waits for the answer, and saves
+picks PHOTO in the page's file input as tests/deploy/test_serve.py does, waits for the answer, and saves
 a PNG of the whole page, 800 px wide. Needs `chromium` (`apt-get install -y chromium`).
 """
 

@@ -1,6 +1,6 @@
 """One typed, validated configuration built from params.yaml; every error names its key.
 
-Each field's default is the value params.yaml ships (tests/test_config.py checks every key), so a
+Each field's default is the value params.yaml ships (tests/pipeline/test_config.py checks every key), so a
 key left out of params.yaml gives the shipped recipe, and code that builds a config without the
 file (an installed package, the benchmarks) gets that recipe too."""
 

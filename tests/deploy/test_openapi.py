@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import BaseModel
 
-from flowerpipe.runtime import openapi
+from flowerpipe.serve import openapi
 from flowerpipe.serve.app import Limits, create_app
 
 RESPONSES = {

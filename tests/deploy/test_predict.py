@@ -11,10 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import CLASSES, REPO, make_photos, rejecting, unprivileged, with_metadata
+from helpers import REPO
+from helpers.hostile import unprivileged
+from helpers.onnx_files import rejecting, with_metadata
+from helpers.photos import CLASSES, make_photos
 
 from flowerpipe.core.errors import ModelError
-from flowerpipe.runtime import predict
+from flowerpipe.runtime import predictor
 from flowerpipe.runtime.predictor import Predictor
 from flowerpipe.runtime.preprocess import to_model_input
 
@@ -115,14 +118,14 @@ def test_a_photo_gone_after_the_folder_was_listed_gets_its_line(
 ) -> None:
     album = tmp_path / "album"
     shutil.copytree(photos / "roses", album)
-    walk = predict.walk_images
+    walk = predictor.walk_images
 
     def walk_then_delete(folder: Path, root: Path) -> tuple[list[str], list]:
         found = walk(folder, root)
         (album / found[0][0]).unlink()
         return found
 
-    monkeypatch.setattr(predict, "walk_images", walk_then_delete)
+    monkeypatch.setattr(predictor, "walk_images", walk_then_delete)
     answers = list(Predictor(onnx_model).predict_paths([album]))
     assert answers[0] == {"path": str(album / "roses_000.jpg"), "error": "no such file"}
     assert len(answers) == 10 and all("error" not in a for a in answers[1:])

@@ -20,8 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import schemathesis
-from conftest import CHROMIUM_FLAGS, CLASSES, REPO, draw_photo, rejecting
 from fastapi.testclient import TestClient
+from helpers import REPO
+from helpers.browser import CHROMIUM_FLAGS
+from helpers.onnx_files import rejecting
+from helpers.photos import CLASSES, draw_photo
 from hypothesis import HealthCheck, given, settings
 from PIL import Image
 from schemathesis.checks import positive_data_acceptance

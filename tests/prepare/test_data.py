@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo, make_photos, unprivileged
+from helpers.hostile import unprivileged
+from helpers.photos import draw_photo, make_photos
 from PIL import Image
 
 from flowerpipe.config import SplitConfig

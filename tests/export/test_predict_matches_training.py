@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import CLASSES, IMAGE_SIZE, RESIZE, make_photos
+from helpers.photos import CLASSES, IMAGE_SIZE, RESIZE, make_photos
 
 from flowerpipe.config import SplitConfig
 from flowerpipe.data.prepared import load_prepared

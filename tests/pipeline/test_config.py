@@ -22,7 +22,7 @@ from flowerpipe.model.checks import check_trainable
 from flowerpipe.model.transforms import augment_batch, build_augment
 from flowerpipe.runtime.preprocess import resize_size
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_empty_mapping_gives_defaults() -> None:

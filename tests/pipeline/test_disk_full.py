@@ -18,7 +18,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import REPO, SMALL, DvcRepo, make_photos
+from helpers import REPO
+from helpers.photos import make_photos
+from helpers.recipes import SMALL
+from helpers.repo import DvcRepo
 
 from flowerpipe.core.atomic import atomic_path, write_csv, write_json
 from flowerpipe.core.errors import DiskFull

@@ -21,7 +21,12 @@ import pytest
 import torch
 import torchvision
 import yaml
-from conftest import CHROMIUM_FLAGS, REPO, SMALL, DvcRepo, knn_bank_in, make_photos
+from helpers import REPO
+from helpers.browser import CHROMIUM_FLAGS
+from helpers.onnx_files import knn_bank_in
+from helpers.photos import make_photos
+from helpers.recipes import SMALL
+from helpers.repo import DvcRepo
 from test_stage_deps import module_closure, script_of, stages
 
 from flowerpipe.export.gate import Paired, refusal_rate
@@ -72,17 +77,32 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
         "results/plots/suspects.png",
     ):
         assert (repo.path / out).stat().st_size > 0, out
+    again = repo.dvc("repro")
+    assert stages_run(again.stdout) == []
+    assert "up to date" in repo.dvc("status").stdout
 
+
+def test_prepare_counts_the_photos_and_the_audit_flags_nothing_without_weights(
+    reproduced: tuple[DvcRepo, str],
+) -> None:
+    repo, output = reproduced
     prepared = repo.json("results/prepare/metrics.json")
     assert prepared["images"] == 72 and prepared["skipped"] == 0
     assert sum(prepared["counts"]["test"].values()) > 0
     assert (prepared["excluded"], repo.json("data/prepared/report.json")["excluded"]) == (0, [])
     # random weights: the audit says it cannot judge the labels, and flags nothing
     assert repo.json("results/audit/metrics.json") == {"scored": 0, "flagged": None}
-    assert "audit: model.weights is null" in reproduced[1]
+    assert "audit: model.weights is null" in output
     assert (
         repo.path / "results/audit/label_issues.csv"
     ).read_text().strip() == "relpath,given,suggested,score"
+
+
+def test_evaluate_scores_each_split_calibrates_on_val_and_picks_the_unknown_threshold(
+    reproduced: tuple[DvcRepo, str],
+) -> None:
+    repo = reproduced[0]
+    prepared = repo.json("results/prepare/metrics.json")
     test = repo.json("results/evaluate/metrics.json")["test"]
     assert test["images"] == sum(prepared["counts"]["test"].values())
     assert 0 <= test["accuracy"] <= 1
@@ -111,20 +131,25 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     headline = "images accuracy balanced_accuracy top2_accuracy loss ece"
     headline += " macro_precision macro_recall macro_f1 per_class"
     assert set(test) == set(headline.split())  # the keys from before calibration, unchanged
-    parity = repo.json("results/export/metrics.json")["parity"]
-    assert parity["within_tolerance"] and parity["top1_agreement"] == 1.0
-
     confusion = repo.json("results/evaluate/confusion.json")
     assert {row["actual"] for row in confusion} <= {"daisy", "dandelion", "roses"}
-    with open(repo.path / "results/evaluate/predictions.csv") as f:
-        rows = list(csv.DictReader(f))
+    rows = predictions(repo)
     assert len(rows) == test["images"]
     assert [row["predicted"] for row in rows] == [row["predicted"] for row in confusion]
 
+
+def test_the_onnx_files_match_pytorch_and_carry_what_evaluate_chose(reproduced: tuple[DvcRepo, str]) -> None:
+    repo = reproduced[0]
+    test = repo.json("results/evaluate/metrics.json")["test"]
+    calibration = repo.json("results/evaluate/calibration.json")
+    temperature, threshold = calibration["temperature"], calibration["reject_threshold"]
+    parity = repo.json("results/export/metrics.json")["parity"]
+    assert parity["within_tolerance"] and parity["top1_agreement"] == 1.0
     latency = repo.json("results/export/metrics.json")["latency"]
     assert {"pytorch_eager", "onnxruntime_fp32"} <= set(latency)
     int8 = repo.json("results/export/int8.json")
-    train_photos = sum(prepared["counts"]["train"].values())  # fewer than 4 x 16: the larger sample is all
+    train_photos = sum(repo.json("results/prepare/metrics.json")["counts"]["train"].values())
+    # fewer than 4 x 16 training photos: the larger sample is all of them
     calibrations = [(t["method"], t["calibration_images"]) for t in int8["search"][:4]]
     assert calibrations == [("MinMax", 16), ("Entropy", 16), ("Percentile", 16), ("MinMax", train_photos)]
     assert int8["calibration_images"] == int8["chosen"]["calibration_images"] in (16, train_photos)
@@ -145,9 +170,24 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     assert float(meta["temperature"]) == temperature  # predict and serve divide the logits by it
     assert meta["reject_score"] == "knn" and float(meta["reject_threshold"]) == threshold
     assert [o.name for o in session.get_outputs()] == ["logits", "knn_similarity"]  # the file scores
+    logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
+    assert logits.shape == (3, 3)
     bank = np.load(repo.path / "results/evaluate/feature_bank.npy")
     assert bank.shape == (train_photos, 512) and bank.dtype == np.float16  # resnet18's features
     assert np.allclose(np.linalg.norm(bank.astype(np.float32), axis=1), 1, atol=1e-3)
+    # the training photos' features stay as evaluate wrote them in it, float16 as in the fp32 file,
+    # so int8 is the smaller file
+    for name in ("model.onnx", "model.int8.onnx"):
+        in_file = knn_bank_in(repo.path / "models" / name)
+        assert in_file.dtype == np.float16 and np.array_equal(in_file, bank.T), name
+    assert (repo.path / "models/model.int8.onnx").stat().st_size < (
+        repo.path / "models/model.onnx"
+    ).stat().st_size
+
+
+def test_a_run_traces_back_to_its_commit_data_and_weights(reproduced: tuple[DvcRepo, str]) -> None:
+    repo = reproduced[0]
+    meta = ort.InferenceSession(str(repo.path / "models/model.onnx")).get_modelmeta().custom_metadata_map
     assert meta["git_commit"] == repo.run("git", "rev-parse", "HEAD~1").stdout.strip()  # before "first run"
     lock = yaml.safe_load((repo.path / "dvc.lock").read_text())
     trained = next(o for o in lock["stages"]["train"]["outs"] if o["path"] == "models/best.pt")
@@ -162,11 +202,21 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     shown = json.loads(repo.dvc("metrics", "show", "--json").stdout)
     assert next(iter(shown.values()))["data"]["results/train/run.json"]["data"]["data_sha256"] == manifest
     shown_evaluate = next(iter(shown.values()))["data"]["results/evaluate/metrics.json"]["data"]
-    assert shown_evaluate["calibration"]["temperature"] == temperature
-    logits = session.run(None, {"input": np.zeros((3, 3, 32, 32), np.float32)})[0]
-    assert logits.shape == (3, 3)
+    assert (
+        shown_evaluate["calibration"]["temperature"]
+        == repo.json("results/evaluate/calibration.json")["temperature"]
+    )
 
-    # the deploy command, without torch, says what evaluate said of each test photo
+
+def test_predict_without_torch_says_what_evaluate_said_of_each_test_photo(
+    reproduced: tuple[DvcRepo, str],
+) -> None:
+    repo = reproduced[0]
+    rows = predictions(repo)
+    test = repo.json("results/evaluate/metrics.json")["test"]
+    reject = repo.json("results/evaluate/metrics.json")["reject"]
+    threshold = repo.json("results/evaluate/calibration.json")["reject_threshold"]
+    int8 = repo.json("results/export/int8.json")
     source = Path(yaml.safe_load((repo.path / "params.yaml").read_text())["data"]["source"])
     photos = [str(source / row["path"]) for row in rows]
 
@@ -196,18 +246,12 @@ def test_repro_runs_all_stages_then_nothing(reproduced: tuple[DvcRepo, str], rep
     for a, b in zip(answers, int8_answers, strict=True):
         if abs(a["knn_similarity"] - threshold) > margin:
             assert a["unknown"] == b["unknown"], (a, b)
-    # the training photos' features stay as evaluate wrote them in it, float16 as in the fp32 file,
-    # so int8 is the smaller file
-    for name in ("model.onnx", "model.int8.onnx"):
-        in_file = knn_bank_in(repo.path / "models" / name)
-        assert in_file.dtype == np.float16 and np.array_equal(in_file, bank.T), name
-    assert (repo.path / "models/model.int8.onnx").stat().st_size < (
-        repo.path / "models/model.onnx"
-    ).stat().st_size
 
-    again = repo.dvc("repro")
-    assert stages_run(again.stdout) == []
-    assert "up to date" in repo.dvc("status").stdout
+
+def predictions(repo: DvcRepo) -> list[dict[str, str]]:
+    """evaluate's predictions.csv: one row per test photo."""
+    with open(repo.path / "results/evaluate/predictions.csv") as f:
+        return list(csv.DictReader(f))
 
 
 def test_param_change_reruns_only_what_it_touches(repo: DvcRepo) -> None:
@@ -269,7 +313,7 @@ def test_plots_render_in_a_browser(reproduced: tuple[DvcRepo, str], browser, tmp
     chromium, vega = browser
     repo = reproduced[0]
     out = tmp_path / "dvc_plots"
-    repo.dvc("plots", "show", "--html-template", str(REPO / "tests/browser/plots_page.html"), "-o", str(out))
+    repo.dvc("plots", "show", "--html-template", str(REPO / "tests/pipeline/plots_page.html"), "-o", str(out))
     for name in VEGA_SCRIPTS:
         shutil.copy(vega / name, out / name)
     page = (out / "index.html").as_uri()

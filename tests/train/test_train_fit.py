@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 import torchvision.models as tvm
-from conftest import make_photos, plain_train, without_timings
+from helpers.photos import make_photos
+from helpers.recipes import plain_train, without_timings
 
 from flowerpipe import training
 from flowerpipe.config import SplitConfig, TrainConfig

@@ -14,7 +14,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
+from helpers.photos import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 from onnx import numpy_helper
 from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 

@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from conftest import CLASSES, IMAGE_SIZE, REPO, make_photos, rejecting
+from helpers import REPO
+from helpers.onnx_files import rejecting
+from helpers.photos import CLASSES, IMAGE_SIZE, make_photos
 
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.model.build import build_model, save_trained

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 from flowerpipe.config import Config, config_from_dict
 from flowerpipe.core.errors import ConfigError

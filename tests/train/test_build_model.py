@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision.models as tvm
-from conftest import hostile_torch_files
+from helpers.hostile import hostile_torch_files
 from torch import nn
 
 from flowerpipe.core.errors import ConfigError, FlowerpipeError

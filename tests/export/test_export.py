@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
+from helpers.photos import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 
 from flowerpipe.config import ExportConfig
 from flowerpipe.core.errors import ParityError

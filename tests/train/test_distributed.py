@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import SMALL, DvcRepo, make_photos
+from helpers.photos import make_photos
+from helpers.recipes import SMALL
+from helpers.repo import DvcRepo
 
 pytestmark = pytest.mark.slow  # docs/testing.md: the fast part
 

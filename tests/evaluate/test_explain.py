@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from helpers import REPO
+from helpers.families import FAMILIES
 from PIL import Image
-from test_architectures import FAMILIES
 
 from flowerpipe.explain import ExplainError, explain_file, grad_cams, overlay, overlays, target_layer
 from flowerpipe.model.build import build_model, head_name, save_trained

@@ -9,7 +9,8 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import IMAGE_SIZE, RESIZE, knn_bank_in, noisy_squares, rejecting
+from helpers.onnx_files import knn_bank_in, rejecting
+from helpers.photos import IMAGE_SIZE, RESIZE, noisy_squares
 
 from flowerpipe.config import ExportConfig
 from flowerpipe.core.errors import ParityError

@@ -13,7 +13,7 @@ import pytest
 
 from flowerpipe.core.atomic import atomic_dir, atomic_path
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_failed_write_leaves_the_old_file(tmp_path: Path) -> None:

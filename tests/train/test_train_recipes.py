@@ -12,7 +12,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import hostile_torch_files, plain_train, without_timings
+from helpers.hostile import hostile_torch_files
+from helpers.recipes import plain_train, without_timings
 from torch import nn
 from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 

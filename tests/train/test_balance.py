@@ -8,7 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from conftest import plain_train, without_timings
+from helpers.recipes import plain_train, without_timings
 from test_train_recipes import CLASSES, fit, tiny_data
 
 from flowerpipe import training

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from conftest import IMAGE_SIZE, noisy_squares
+from helpers.photos import IMAGE_SIZE, noisy_squares
 
 from flowerpipe.export.latency import measure_latency, median_seconds
 from flowerpipe.runtime.preprocess import center_crop

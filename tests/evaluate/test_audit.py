@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_photos
+from helpers.photos import make_photos
 
 from flowerpipe.audit.labels import audit_labels, label_issues, linear_head, out_of_fold
 from flowerpipe.config import SplitConfig

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import draw_photo, make_photos
+from helpers.photos import draw_photo, make_photos
 
 from flowerpipe.core.errors import DataError
 from flowerpipe.prepare import sources
