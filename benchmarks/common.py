@@ -1,5 +1,5 @@
 """What the benchmarks share: their arguments, the real photos prepared once, the table and JSON
-they write. Run a benchmark from the repository root: `uv run python benchmarks/train.py`."""
+they write. Run a benchmark from the repository root: `uv run python benchmarks/speed/train.py`."""
 
 from __future__ import annotations
 

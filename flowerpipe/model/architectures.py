@@ -2,7 +2,7 @@
 takes, and whether its ONNX file fits in one file. `check_architecture` turns a params combination
 that would fail in a later stage into one line naming the key and the reason.
 
-Every rule is proven against all of `torchvision.models.list_models` by benchmarks/matrix.py."""
+Every rule is proven against all of `torchvision.models.list_models` by benchmarks/accuracy/matrix.py."""
 
 from __future__ import annotations
 

@@ -8,7 +8,7 @@ Concurrency: request bodies are read on the event loop; decoding and the model c
 thread pool, many requests at a time. One onnxruntime session serves them all (its `run` is
 thread-safe) with intra-op threads on every core (`threads=0`): a lone request gets all the cores,
 and under load the calls overlap, which beat one call at a time at every load measured
-(benchmarks/serve_load.py); one thread per call (`threads=1`) gives more requests/s under load but
+(benchmarks/speed/serve_load.py); one thread per call (`threads=1`) gives more requests/s under load but
 a slower lone request.
 """
 

@@ -43,26 +43,26 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ("script", "options", "tables"),
     [
         (
-            "train.py",
+            "speed/train.py",
             ["--images", "40", "--rounds", "1", "--sizes", "32", "--batch-size", "8"],
             ["train", "train_frozen"],
         ),
-        ("data.py", ["--images", "16"], ["data"]),
-        ("inference.py", ["--size", "32"], ["inference"]),
-        ("fixed_weights.py", ["--size", "32", "--rounds", "1"], ["fixed-weights-mobilenet_v2"]),
-        ("evaluation_size.py", ["--models", "{trained}", "--sizes", "32", "40"], ["evaluation-size"]),
+        ("speed/data.py", ["--images", "16"], ["data"]),
+        ("speed/inference.py", ["--size", "32"], ["inference"]),
+        ("speed/fixed_weights.py", ["--size", "32", "--rounds", "1"], ["fixed-weights-mobilenet_v2"]),
+        ("accuracy/evaluation_size.py", ["--models", "{trained}", "--sizes", "32", "40"], ["evaluation-size"]),
         (
-            "compile_train.py",
+            "speed/compile_train.py",
             [*("--size", "32", "--steps", "1", "--warmup", "1", "--rounds", "1", "--freeze", "features.0")],
             ["compile-train-mobilenet_v2"],
         ),
         (
-            "quantize.py",
+            "accuracy/quantize.py",
             ["--size", "32", "--calibration-images", "16"],
             ["quantize-resnet18"],
         ),
         (
-            "recipes.py",
+            "accuracy/recipes.py",
             [
                 *("--arch", "resnet18", "--weights", "null", "--size", "32"),
                 *("--set", "epochs=1", "batch_size=8", "--recipes", "reference", '{"ema_decay": 0.5}'),
@@ -102,7 +102,7 @@ def test_benchmark_writes_its_table(
 def test_matrix_runs_a_model_through_every_step_and_refuses_another(tmp_path: Path) -> None:
     done = subprocess.run(
         [
-            *(sys.executable, "benchmarks/matrix.py", "--models", "squeezenet1_1,vit_h_14"),
+            *(sys.executable, "benchmarks/accuracy/matrix.py", "--models", "squeezenet1_1,vit_h_14"),
             *("--work", str(tmp_path / "work"), "--results", str(tmp_path)),
         ],
         cwd=REPO,
@@ -132,7 +132,7 @@ def test_serve_load_sends_every_request(onnx_model: Path, photos: Path, tmp_path
     done = subprocess.run(
         [
             sys.executable,
-            "benchmarks/serve_load.py",
+            "benchmarks/speed/serve_load.py",
             *("--photos", str(photos), "--work", str(tmp_path / "work"), "--results", str(tmp_path)),
             *("--model", str(onnx_model), "--requests", "60", "--clients", "1", "16"),
         ],
@@ -150,7 +150,7 @@ def test_serve_load_sends_every_request(onnx_model: Path, photos: Path, tmp_path
 def test_scale_makes_distinct_photos_from_the_real_ones(photos: Path, tmp_path: Path) -> None:
     """The scale benchmark's photos: crops of the given ones, each class's in its folder, no two
     alike, made once."""
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    sys.path.insert(0, str(REPO / "benchmarks/speed"))
     import scale
 
     made = scale.make_photos(photos, tmp_path / "made", 150)
@@ -173,7 +173,7 @@ def test_open_set_scores_every_held_out_class_and_far_kind(
     options += ["--full", CLASSES[0], "--set", "epochs=1", "batch_size=8", "--onnx", str(model)]
     options += ["--photos", str(photos), "--work", str(tmp_path), "--results", str(tmp_path / "results")]
     done = subprocess.run(
-        [sys.executable, "benchmarks/open_set.py", *options],
+        [sys.executable, "benchmarks/accuracy/open_set.py", *options],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -198,7 +198,7 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
     options += ["--keep", "0.5", "--set", "epochs=1", "batch_size=8", "--photos", str(photos)]
     options += ["--work", str(tmp_path), "--results", str(tmp_path / "results"), "--seeds", "0", "1"]
     done = subprocess.run(
-        [sys.executable, "benchmarks/imbalance.py", *options], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "benchmarks/accuracy/imbalance.py", *options], cwd=REPO, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "results" / "imbalance.json").read_text())
@@ -223,7 +223,7 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
 
 
 def sweep_summary(table: Path) -> str:
-    command = [sys.executable, "benchmarks/sweep.py", "--csv", str(table), "--summary"]
+    command = [sys.executable, "benchmarks/accuracy/sweep.py", "--csv", str(table), "--summary"]
     done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True)
     return done.stdout
 
@@ -236,7 +236,7 @@ def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Pa
     options += ["--photos", str(photos), "--work", str(tmp_path / "work"), "--csv", str(table)]
 
     def sweep(*seeds: int) -> str:
-        command = [sys.executable, "benchmarks/sweep.py", *options, "--seeds", *map(str, seeds)]
+        command = [sys.executable, "benchmarks/accuracy/sweep.py", *options, "--seeds", *map(str, seeds)]
         done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr[-3000:]
         return done.stdout

@@ -1,9 +1,11 @@
-"""Unequal classes on the real photos: one class cut to a share of its train photos (val and test
+"""Accuracy: one class cut short, trained with each train.class_balance; recall and balanced accuracy.
+
+Unequal classes on the real photos: one class cut to a share of its train photos (val and test
 untouched), a model trained with each `train.class_balance`, and each class's test recall, the
 accuracy and the balanced accuracy, with the gain over `none` as a paired difference and its
 standard error (on all test photos, and on the cut class's).
 
-    uv run python benchmarks/imbalance.py --cut tulips --keep 0.1 --seeds 0 1 2
+    uv run python benchmarks/accuracy/imbalance.py --cut tulips --keep 0.1 --seeds 0 1 2
 
 The recipe is params.yaml's train section with the backbone frozen and no augmentation (the
 features computed once: minutes on a CPU), over which --set may change any train key
@@ -12,9 +14,13 @@ features computed once: minutes on a CPU), over which --set may change any train
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, recipe_arguments, recipe_data, report
 
 from flowerpipe.config import CLASS_BALANCES, config_from_dict
@@ -28,7 +34,7 @@ from flowerpipe.training.loop import fit
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     recipe_arguments(parser)
     parser.add_argument("--cut", default="tulips", help="the class whose train photos are cut")
     parser.add_argument("--keep", type=float, default=0.1, help="the share of its train photos kept")

@@ -1,11 +1,18 @@
-"""Where a flowerpipe training epoch spends its time: torch.profiler over one epoch of `fit` on
+"""Speed: where a training epoch spends its time (torch.profiler).
+
+Where a flowerpipe training epoch spends its time: torch.profiler over one epoch of `fit` on
 real photos, ops sorted by their own CPU time (by their GPU time on CUDA, with the share of the
 epoch the GPU was busy)."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import LIKE_THE_REFERENCE, arguments, prepared
 
 from flowerpipe.config import TrainConfig

@@ -1,12 +1,17 @@
-"""Inference: PyTorch eager against ONNX Runtime fp32 and int8 at batch 1 and 32, measured by the
+"""Speed: PyTorch eager against ONNX Runtime fp32 and int8 at batch 1 and 32.
+
+Inference: PyTorch eager against ONNX Runtime fp32 and int8 at batch 1 and 32, measured by the
 export stage's own code (`flowerpipe.export.latency`), on real photos."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, model_arguments, model_of, prepared, report
 
 from flowerpipe.export.latency import measure_latency

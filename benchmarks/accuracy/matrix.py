@@ -1,4 +1,6 @@
-"""Every torchvision classifier through flowerpipe's code paths: a compatibility matrix.
+"""Accuracy: every torchvision classifier through training, export and parity (the compatibility matrix).
+
+Every torchvision classifier through flowerpipe's code paths: a compatibility matrix.
 
 Each of `torchvision.models.list_models(module=torchvision.models)` runs, in a process of its own,
 at the smallest input side flowerpipe accepts for it (`architectures.input_side`): params.yaml
@@ -15,9 +17,9 @@ smallest side is above data.image_size's floor for the layers' sake (not RegNet'
 exact: validation refuses one pixel less (32 more for a one-side model), and the model itself fails
 there.
 
-    uv run python benchmarks/matrix.py                   # all 80, 52 min on 2 cores (docs/models.md)
-    uv run python benchmarks/matrix.py --models resnet18,vit_b_16
-    uv run python benchmarks/matrix.py --models mnasnet0_5 --update   # rerun one row of the table
+    uv run python benchmarks/accuracy/matrix.py                   # all 80, 52 min on 2 cores (docs/models.md)
+    uv run python benchmarks/accuracy/matrix.py --models resnet18,vit_b_16
+    uv run python benchmarks/accuracy/matrix.py --models mnasnet0_5 --update   # rerun one row of the table
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ import numpy as np
 import torch
 import torchvision.models as tvm
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import ROOT, arguments, prepared, report
 from PIL import Image
 

@@ -1,4 +1,6 @@
-"""int8 on real photos: for each quantization option, its divergence from fp32 on the search's
+"""Accuracy: each int8 option's agreement with fp32 and its test accuracy drop, paired.
+
+int8 on real photos: for each quantization option, its divergence from fp32 on the search's
 training photos (what the quantize stage's search ranks by), how often it answers like fp32 there
 and on the val and test photos, its test accuracy and drop (with the paired standard error), and its
 batch-1 latency against ONNX Runtime fp32 in the same process (what the stage's search chose is in
@@ -8,11 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import io
+import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, model_arguments, model_of, prepared, report
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 

@@ -1,8 +1,10 @@
-"""Open-set rejection on the real photos: how well each score tells the known classes from photos
+"""Accuracy: how well each score rejects photos of classes the model was never taught.
+
+Open-set rejection on the real photos: how well each score tells the known classes from photos
 the model was never taught, at the threshold that keeps 95 % of the known val photos (as
 `evaluate.keep_known: 0.95` does).
 
-    uv run python benchmarks/open_set.py --full daisy \\
+    uv run python benchmarks/accuracy/open_set.py --full daisy \\
         --onnx /path/to/run/models/model.onnx /path/to/run/models/model.int8.onnx
 
 `--no-frozen` with `--onnx` scores only the exported models.
@@ -30,11 +32,14 @@ import argparse
 import copy
 import math
 import string
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import Prepared, arguments, recipe_arguments, recipe_data, report
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 from torch import nn
@@ -288,7 +293,7 @@ def shipped(path: Path, far_at: Callable[[int], dict[str, np.ndarray]]) -> list[
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     recipe_arguments(parser)
     parser.add_argument("--full", nargs="*", default=[], help="classes to hold out with the full recipe")
     parser.add_argument("--far", type=int, default=200, help="inputs of each far kind")

@@ -1,12 +1,18 @@
-"""Pipeline overhead, and the train stage's memory: the real `dvc` commands in a throwaway git + DVC
+"""Speed: the dvc commands' overhead and the train stage's memory in a throwaway repo.
+
+Pipeline overhead, and the train stage's memory: the real `dvc` commands in a throwaway git + DVC
 repo holding this checkout's pipeline, on all the real photos at 224 px (one epoch, random weights)."""
 
 from __future__ import annotations
 
 import re
 import statistics
+import sys
+from pathlib import Path
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DVC, arguments, commit, pipeline_repo, report, run, run_measured
 
 

@@ -1,19 +1,25 @@
-"""torch.compile for training on the CPU: the training step flowerpipe runs (channels_last, label
+"""Speed: the training step eager, with fixed blocks folded, and under torch.compile.
+
+torch.compile for training on the CPU: the training step flowerpipe runs (channels_last, label
 smoothing, SGD with momentum, some blocks frozen as a preset freezes them), eager with the frozen
 blocks as they are, eager with their BatchNorm folded (what flowerpipe runs) and `torch.compile`,
 in one process, rounds alternating. Prints images/s after warm-up, the seconds the first steps
 took (compiling), whether two compiled runs from the same start give identical losses
 (deterministic), and how far each mode's losses are from eager's.
 
-    uv run python benchmarks/compile_train.py --size 176 \
+    uv run python benchmarks/speed/compile_train.py --size 176 \
         --freeze features.0 features.1 features.2 features.3 features.4 features.5 features.6"""
 
 from __future__ import annotations
 
 import copy
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, model_arguments, model_of, report
 from torch import nn
 
@@ -46,7 +52,7 @@ def gap(losses: list[float], eager: list[float]) -> list[float]:
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     model_arguments(parser, "mobilenet_v2")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=10, help="timed steps per round")

@@ -1,14 +1,20 @@
-"""Data path: prepare's decode rate over all the photos, and training augmentation from
+"""Speed: decoding the photos once and augmenting the cache, against PIL on every JPEG.
+
+Data path: prepare's decode rate over all the photos, and training augmentation from
 flowerpipe's decoded uint8 cache against decoding the JPEGs with PIL transforms every time."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, prepared, report
 from PIL import Image
 from torchvision import transforms as T

@@ -1,8 +1,10 @@
-"""Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
+"""Accuracy: (preset, seed) runs through the real pipeline, each recorded as a CSV row as it ends.
+
+Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
 a row of a CSV file the moment it ends, so a sweep that stops (a session's end) loses nothing and
 the next start skips what is there. `--summary` prints the CSV as a table of seeds' means.
 
-    nohup uv run python benchmarks/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
+    nohup uv run python benchmarks/accuracy/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
         --set train.epochs=8 --results benchmarks/results/cpu_fast.csv &
 
 Each run applies the preset and --set over params.yaml in a throwaway git + DVC repo on the real
@@ -12,7 +14,7 @@ instruction sets, ATEN_CPU_CAPABILITY (set it to `avx2` with ONEDNN_MAX_CPU_ISA=
 for a CPU without AVX512), the precision the run used, the train and evaluate stages' minutes, val
 and test accuracy with their photo counts, and the checkout's commit. A row with the same preset,
 --set, seed, CPU and capability is not run again. Each run's models/best.pt is kept in
-WORK/sweep-models/ (for benchmarks/evaluation_size.py)."""
+WORK/sweep-models/ (for benchmarks/accuracy/evaluation_size.py)."""
 
 from __future__ import annotations
 
@@ -23,10 +25,13 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DVC, ROOT, arguments, machine, pipeline_repo, run
 
 from flowerpipe.presets import leaves, preset_path, read_preset
@@ -38,7 +43,7 @@ FIELDS = [
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--preset", help="a preset of presets/ (name or .yaml file)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="train.seed of each run")
     parser.add_argument("--set", nargs="*", default=[], help="key=value (YAML) over the preset's params")

@@ -1,9 +1,11 @@
-"""Levers that need no training: trained models scored at other evaluation sizes (FixRes: a model
+"""Accuracy: trained models scored at other evaluation sizes and with flip TTA, paired.
+
+Levers that need no training: trained models scored at other evaluation sizes (FixRes: a model
 trained on random crops sees objects larger than a centre crop shows them) and with horizontal-flip
 test-time augmentation (the mean of the logits of a photo and its mirror image), on val and test,
 each against the model's own size without TTA as a paired difference with its standard error.
 
-    uv run python benchmarks/evaluation_size.py --models run1/best.pt run2/best.pt --sizes 256 288 320
+    uv run python benchmarks/accuracy/evaluation_size.py --models run1/best.pt run2/best.pt --sizes 256 288 320
 
 Each model is scored on its own split: the photos of val and test in the folder prepared at the
 model's own size, found by path in every other size's folder (near-duplicate grouping, computed on
@@ -12,9 +14,12 @@ the resized photos, can move a photo or two to another split at another size).""
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, prepared, report
 
 from flowerpipe.data.prepared import Prepared
@@ -26,7 +31,7 @@ from flowerpipe.runtime.preprocess import resize_size
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     parser.add_argument("--models", type=Path, nargs="+", required=True, help="models/best.pt files")
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 288, 320])
     parser.add_argument("--crop-ratio", type=float, default=0.875)

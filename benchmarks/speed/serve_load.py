@@ -1,4 +1,6 @@
-"""Load on `flowerpipe serve` over loopback: a fixed number of POST /predict requests with real
+"""Speed: throughput and latency of `flowerpipe serve` under concurrent clients.
+
+Load on `flowerpipe serve` over loopback: a fixed number of POST /predict requests with real
 photos from a number of concurrent clients; throughput, p50 and p99 latency, failed requests.
 
 The service runs as `flowerpipe serve` in its own process; the clients share this one (asyncio,
@@ -19,6 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx2
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import ROOT, arguments, report
 
 

@@ -1,4 +1,6 @@
-"""Memory and time of every stage on many photos: `dvc repro`, stage by stage, in a throwaway git +
+"""Speed: the time, memory and disk of every stage on many photos.
+
+Memory and time of every stage on many photos: `dvc repro`, stage by stage, in a throwaway git +
 DVC repo, recording each stage's wall time, peak RSS (of its largest process) and the disk used.
 
 The photos are made at run time from the real ones (`--count N`): each is a random crop of one of
@@ -8,7 +10,7 @@ are. The defaults are the issue's: 128 px, one epoch of a frozen backbone, Mobil
 shared ImageNet weights. `--checkout` runs another checkout's pipeline (the same run before a
 change).
 
-    uv run python benchmarks/scale.py --count 100000
+    uv run python benchmarks/speed/scale.py --count 100000
 """
 
 from __future__ import annotations
@@ -17,9 +19,11 @@ import os
 import random
 import re
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DVC, ROOT, arguments, pipeline_repo, report, run_measured
 from PIL import Image
 

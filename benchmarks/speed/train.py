@@ -1,4 +1,6 @@
-"""Training throughput: flowerpipe's training loop against the loop the reference reports ran
+"""Speed: flowerpipe's training loop against the reference reports' loop, images/s.
+
+Training throughput: flowerpipe's training loop against the loop the reference reports ran
 (torchvision ImageFolder, PIL transforms decoding every JPEG every epoch, a DataLoader with
 workers, fp32, NCHW), same model, image size, batch size and photos, runs alternating.
 
@@ -8,10 +10,14 @@ pass over the training set."""
 from __future__ import annotations
 
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import LIKE_THE_REFERENCE, arguments, prepared, report
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets

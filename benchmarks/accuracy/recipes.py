@@ -1,8 +1,10 @@
-"""Fine-tuning recipes side by side: each is trained by flowerpipe's `fit` from the same weights on
+"""Accuracy: fine-tuning recipes trained from the same weights on the same split, scored on val and test.
+
+Fine-tuning recipes side by side: each is trained by flowerpipe's `fit` from the same weights on
 the same split, and scored on the test photos, with and without horizontal-flip test-time
 augmentation (the mean of the logits of the photo and of its mirror image).
 
-    uv run python benchmarks/recipes.py --arch mobilenet_v2 \\
+    uv run python benchmarks/accuracy/recipes.py --arch mobilenet_v2 \\
         --weights ../shared/weights/mobilenet_v2-imagenet.pth --recipes reference default --seeds 0 1
 
 A recipe is `reference` (the reference report's steps, from presets/resnet18-reference.yaml),
@@ -13,11 +15,15 @@ e.g. '{"lr": 0.01, "epochs": 5}';
 from __future__ import annotations
 
 import json
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import LIKE_THE_REFERENCE, arguments, recipe_arguments, recipe_data, report
 
 from flowerpipe.config import config_from_dict
@@ -32,7 +38,7 @@ RECIPES: dict[str, dict[str, Any]] = {"reference": LIKE_THE_REFERENCE, "default"
 
 
 def main() -> None:
-    parser = arguments(__doc__.split("\n\n")[0])
+    parser = arguments(__doc__.splitlines()[0])
     recipe_arguments(parser)
     parser.add_argument("--recipes", nargs="+", default=["reference", "default"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])

@@ -1,4 +1,6 @@
-"""Passes with fixed weights (the features-once pass, validation, evaluate): images/s of one model
+"""Speed: the passes with fixed weights (eval mode) in each engine, and their logits' distance.
+
+Passes with fixed weights (the features-once pass, validation, evaluate): images/s of one model
 in eval mode at batch 32 (224 px without --weights), each engine in turn in one process, and how
 far its logits are from PyTorch eager fp32. Engines: eager (as validation and evaluate ran),
 BatchNorm folded into the convolutions (torch.fx, `evaluation.for_inference`), TorchScript frozen,
@@ -6,6 +8,7 @@ fp32 and bf16 autocast, and ONNX Runtime."""
 
 from __future__ import annotations
 
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -13,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import arguments, model_arguments, model_of, report
 
 from flowerpipe.export.onnx import export_onnx, onnx_metadata
