@@ -5,7 +5,8 @@ trained on random crops sees objects larger than a centre crop shows them) and w
 test-time augmentation (the mean of the logits of a photo and its mirror image), on val and test,
 each against the model's own size without TTA as a paired difference with its standard error.
 
-    uv run python benchmarks/accuracy/evaluation_size.py --models run1/best.pt run2/best.pt --sizes 256 288 320
+    uv run python benchmarks/accuracy/evaluation_size.py --models run1/best.pt run2/best.pt \
+        --sizes 256 288 320
 
 Each model is scored on its own split: the photos of val and test in the folder prepared at the
 model's own size, found by path in every other size's folder (near-duplicate grouping, computed on

@@ -20,7 +20,7 @@ from flowerpipe.core.errors import ConfigError
 from flowerpipe.runtime.preprocess import MEAN, STD
 
 Transform = Callable[[torch.Tensor], torch.Tensor]
-CHECKED_IMAGES = 8  # dummy images each train.augment step is tried on when params.yaml is read
+CHECKED_IMAGES = 8  # dummy images each train.augment step is tried on before training (model.checks)
 
 
 class CropFlip:

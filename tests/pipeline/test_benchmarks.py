@@ -50,7 +50,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ("speed/data.py", ["--images", "16"], ["data"]),
         ("speed/inference.py", ["--size", "32"], ["inference"]),
         ("speed/fixed_weights.py", ["--size", "32", "--rounds", "1"], ["fixed-weights-mobilenet_v2"]),
-        ("accuracy/evaluation_size.py", ["--models", "{trained}", "--sizes", "32", "40"], ["evaluation-size"]),
+        (
+            "accuracy/evaluation_size.py",
+            ["--models", "{trained}", "--sizes", "32", "40"],
+            ["evaluation-size"],
+        ),
         (
             "speed/compile_train.py",
             [*("--size", "32", "--steps", "1", "--warmup", "1", "--rounds", "1", "--freeze", "features.0")],
@@ -198,7 +202,10 @@ def test_imbalance_cuts_one_class_in_train_only_and_scores_every_balance(
     options += ["--keep", "0.5", "--set", "epochs=1", "batch_size=8", "--photos", str(photos)]
     options += ["--work", str(tmp_path), "--results", str(tmp_path / "results"), "--seeds", "0", "1"]
     done = subprocess.run(
-        [sys.executable, "benchmarks/accuracy/imbalance.py", *options], cwd=REPO, capture_output=True, text=True
+        [sys.executable, "benchmarks/accuracy/imbalance.py", *options],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     result = json.loads((tmp_path / "results" / "imbalance.json").read_text())

@@ -1,5 +1,6 @@
 """Every family of torchvision classifiers through the real code paths at a small input, and the
-rules that refuse a model up front (flowerpipe.model.architectures). benchmarks/accuracy/matrix.py runs all 80."""
+rules that refuse a model up front (flowerpipe.model.architectures).
+benchmarks/accuracy/matrix.py runs all 80."""
 
 from __future__ import annotations
 
