@@ -129,6 +129,15 @@ def pipeline_repo(folder: Path, changes: dict[str, dict[str, Any]], checkout: Pa
     return yaml.safe_load((folder / "params.yaml").read_text())
 
 
+def nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Dotted keys (section.key) as params sections."""
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in flat.items():
+        section, _, name = key.partition(".")
+        sections.setdefault(section, {})[name] = value
+    return sections
+
+
 def commit(repo: Path, message: str) -> None:
     """Commit everything in a `pipeline_repo`."""
     run(repo, "git", "add", "-A")

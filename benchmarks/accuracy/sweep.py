@@ -32,7 +32,7 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
-from common import DVC, ROOT, arguments, machine, pipeline_repo, run
+from common import DVC, ROOT, arguments, machine, nested, pipeline_repo, run
 
 from flowerpipe.presets import leaves, preset_path, read_preset
 
@@ -144,15 +144,6 @@ def spread(values: list[float]) -> str:
         return f"{mean:.2f}"
     sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
     return f"{mean:.2f} ± {sd:.2f}"
-
-
-def nested(flat: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Dotted keys (section.key) as params sections."""
-    sections: dict[str, dict[str, Any]] = {}
-    for key, value in flat.items():
-        section, _, name = key.partition(".")
-        sections.setdefault(section, {})[name] = value
-    return sections
 
 
 def read_rows(path: Path) -> list[dict[str, str]]:

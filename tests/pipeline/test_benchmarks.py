@@ -269,3 +269,19 @@ def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Pa
     tests = [100 * float(r["test_accuracy"]) for r in rows]
     mean, sd = np.mean(tests), np.std(tests, ddof=1)
     assert "| 0, 1 |" in line and f"{mean:.2f} ± {sd:.2f} % ({rows[0]['test_photos']})" in line
+
+
+def test_stages_times_each_stage_of_one_repro_per_checkout(photos: Path, tmp_path: Path) -> None:
+    options = ["--weights", "null", "--photos", str(photos), "--work", str(tmp_path / "work")]
+    options += ["--results", str(tmp_path / "results"), "--checkouts", str(REPO), str(REPO)]
+    options += ["--set", f"data.image_size={IMAGE_SIZE}", "train.epochs=1", "train.head_epochs=0"]
+    options += ["export.max_accuracy_drop=100.0", "export.calibration_images=16"]
+    command = [sys.executable, "benchmarks/speed/stages.py", *options]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads((tmp_path / "results/stages-set.json").read_text())["rows"]
+    stages = ["prepare", "audit", "train", "evaluate", "plot", "export", "quantize@int8", "dvc repro, in all"]
+    assert [r["stage"] for r in rows] == stages * 2  # each checkout's stages, in the order they ran
+    for run in (rows[:8], rows[8:]):
+        assert all(r["minutes"] > 0 for r in run)
+        assert sum(r["minutes"] for r in run[:-1]) < run[-1]["minutes"]  # DVC's own time on top
