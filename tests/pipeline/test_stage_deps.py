@@ -170,3 +170,12 @@ def test_a_subpackage_exports_its_public_names_and_loads_none_of_its_modules_unt
     assert loaded == ("['flowerpipe.core.exports']" if name == "core" else "[]")
     assert resolved.split()[0] == "True" and int(resolved.split()[1]) >= 1
     assert set(exports(package)) == set(importlib.import_module(package).__all__)
+
+
+def test_editing_the_augmentation_or_model_code_leaves_prepare_up_to_date() -> None:
+    """prepare reads params.yaml without torch: neither it nor its deps hold the model side."""
+    prepare = stages()["prepare"]
+    model_side = {str(p.relative_to(REPO)) for p in (REPO / PACKAGE / "model").rglob("*.py")}
+    assert not model_side & module_closure(REPO / script_of(prepare))
+    assert not model_side & expanded(prepare["deps"])
+    assert f"{PACKAGE}/model/transforms.py" in expanded(stages()["train"]["deps"])
