@@ -2,7 +2,9 @@
 
 Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
 a row of a CSV file the moment it ends, so a sweep that stops (a session's end) loses nothing and
-the next start skips what is there. `--summary` prints the CSV as a table of seeds' means.
+the next start skips what is there. `--summary` prints the CSV as a table of seeds' means;
+`--paired` each run against the preset's own run of the same seed (its --set `{}`), on the same
+val and test photos, from the kept models.
 
     nohup uv run python benchmarks/accuracy/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
         --set train.epochs=8 --results benchmarks/results/cpu_fast.csv &
@@ -29,11 +31,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/common.py
 from common import DVC, ROOT, arguments, machine, nested, pipeline_repo, run
 
+from flowerpipe.data.cache import Rows
+from flowerpipe.data.prepared import load_prepared
+from flowerpipe.export.gate import Paired
+from flowerpipe.model.build import load_trained
+from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.inference import predict_logits
 from flowerpipe.presets import leaves, preset_path, read_preset
 
 FIELDS = [
@@ -55,9 +64,13 @@ def main() -> None:
     )
     parser.add_argument("--csv", type=Path, default=ROOT / "benchmarks/results/cpu_fast.csv")
     parser.add_argument("--summary", action="store_true", help="print the CSV's runs as a table, run none")
+    parser.add_argument("--paired", action="store_true", help="print each run's paired gain on the preset's")
     args = parser.parse_args()
     if args.summary:
         print(summary(read_rows(args.csv)))
+        return
+    if args.paired:
+        print(paired(read_rows(args.csv), args.work / "sweep-models", args.work / "sweep-repo/data/prepared"))
         return
     if args.preset is None:
         parser.error("--preset is required to run")
@@ -82,9 +95,42 @@ def main() -> None:
     kept.mkdir(parents=True, exist_ok=True)
     for seed in todo:
         append_row(args.csv, {**head, "seed": seed, **one_run(repo, seed)})
-        name = f"{head['preset']}-{hashlib.sha256(head['set'].encode()).hexdigest()[:8]}-seed{seed}.pt"
+        name = kept_name(head["preset"], head["set"], seed)
         shutil.copy(repo / "models/best.pt", kept / name)
         print(f"seed {seed}: written to {args.csv}, its model to {kept / name}", flush=True)
+
+
+def kept_name(preset: str, changes: str, seed: int | str) -> str:
+    """The file a run's models/best.pt is kept as: the preset, a hash of its --set, the seed."""
+    return f"{preset}-{hashlib.sha256(changes.encode()).hexdigest()[:8]}-seed{seed}.pt"
+
+
+def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
+    """Markdown lines: each kept run's accuracy gain over its preset's own run of the same seed
+    (--set `{}`), paired on the same val and test photos of the sweep's prepared split."""
+    data, device = load_prepared(prepared), resolve_device("auto")
+    batch = yaml.safe_load((prepared.parents[1] / "params.yaml").read_text())["evaluate"]["batch_size"]
+
+    def answers(path: Path, split: str) -> np.ndarray:  # as the evaluate stage scored it
+        model, meta = load_trained(path)
+        images = Rows(data.images, data.indices(split))
+        return predict_logits(model, images, meta["image_size"], batch, device).argmax(1)
+
+    lines = [
+        "| preset | --set | seed | val gain (points) | test gain (points) |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        base, other = (kept / kept_name(row["preset"], s, row["seed"]) for s in ("{}", row["set"]))
+        if row["set"] == "{}" or not (base.exists() and other.exists()):
+            continue
+        gains = []
+        for split in ("val", "test"):
+            labels = data.labels[data.indices(split)]
+            pair = Paired.of(labels, answers(base, split), answers(other, split))
+            gains.append(f"{-pair.drop_points:+.2f} ± {pair.error_points:.2f} ({len(labels)} photos)")
+        lines.append(f"| {row['preset']} | {row['set']} | {row['seed']} | {gains[0]} | {gains[1]} |")
+    return "\n".join(lines)
 
 
 def one_run(repo: Path, seed: int) -> dict[str, Any]:

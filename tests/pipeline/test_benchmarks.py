@@ -270,6 +270,22 @@ def test_sweep_records_each_run_as_it_ends_and_skips_what_is_recorded(photos: Pa
     mean, sd = np.mean(tests), np.std(tests, ddof=1)
     assert "| 0, 1 |" in line and f"{mean:.2f} ± {sd:.2f} % ({rows[0]['test_photos']})" in line
 
+    # the preset alone (--set {}), seed 0: the run the others are paired with
+    base = [*options[:4], *options[6:], "--seeds", "0"]
+    done = subprocess.run(
+        [sys.executable, "benchmarks/accuracy/sweep.py", *base], cwd=REPO, capture_output=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    command = [sys.executable, "benchmarks/accuracy/sweep.py", *options, "--paired"]
+    pairs = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=True).stdout
+    [line] = [line for line in pairs.splitlines() if line.startswith("| tiny |")]  # seed 1 has no base
+    with open(table, newline="") as f:
+        recorded = {(r["set"], r["seed"]): r for r in csv.DictReader(f)}
+    alone, changed = recorded["{}", "0"], recorded['{"train.batch_size":8}', "0"]
+    for split in ("val", "test"):
+        gain = 100 * (float(changed[f"{split}_accuracy"]) - float(alone[f"{split}_accuracy"]))
+        assert f"{gain:+.2f} ± " in line and f"({alone[split + '_photos']} photos)" in line
+
 
 def test_stages_times_each_stage_of_one_repro_per_checkout(photos: Path, tmp_path: Path) -> None:
     options = ["--weights", "null", "--photos", str(photos), "--work", str(tmp_path / "work")]
