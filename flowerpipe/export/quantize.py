@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from onnxruntime.quantization import (
     QuantType,
     quantize_static,
 )
+from onnxruntime.quantization.calibrate import HistogramCollector
 from onnxruntime.quantization.qdq_loss_debug import (
     collect_activations,
     compute_activation_error,
@@ -121,7 +122,11 @@ def quantize_int8(
     setting = replace(setting or Setting(), calibration_images=len(calibration))
     fp32 = Predictor(fp32_path)
     # ONNX Runtime prints a line per calibration batch
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(io.StringIO()),
+        equal_width_histograms(),
+    ):
         prepared = prepared or pre_process(fp32_path, Path(tmp))
         score_nodes = score_only_nodes(prepared.path)
         quantize_static(
@@ -139,6 +144,63 @@ def quantize_int8(
             calibration_cache_path=cache,
         )
     _set_metadata(int8_path, {**fp32.metadata, "quantization": setting.describe()}, float16_for=score_nodes)
+
+
+@contextlib.contextmanager
+def equal_width_histograms() -> Iterator[None]:
+    """ONNX Runtime's Percentile calibration with the histograms counted in linear time.
+
+    Its collector bins every batch after the first by an array of bin edges, for which NumPy sorts
+    the batch's activations; the edges are equally spaced (the first batch's bins, extended by
+    their width), so each value's bin follows from the width, checked against the edges. The
+    counts, the ranges and the int8 file come out identical (tests/export/test_quantize.py); the
+    Percentile try on the offline command's model took 102 s before, 20 s after (docs/int8.md)."""
+    original = HistogramCollector.collect_absolute_value
+    HistogramCollector.collect_absolute_value = _collect_absolute_value
+    try:
+        yield
+    finally:
+        HistogramCollector.collect_absolute_value = original
+
+
+def _collect_absolute_value(self: HistogramCollector, name_to_arr: dict[str, Any]) -> None:
+    """`HistogramCollector.collect_absolute_value` (onnxruntime 1.32), counting by bin width."""
+    for tensor, arrays in name_to_arr.items():
+        data = np.asarray(arrays).ravel()
+        low, high = (np.nanmin(data), np.nanmax(data)) if data.size else (np.array(0, data.dtype),) * 2
+        data = np.absolute(data)
+        if tensor not in self.histogram_dict:
+            hist, edges = np.histogram(data, bins=self.num_bins)
+            self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), low, high)
+            continue
+        old_hist, edges, old_low, old_high = self.histogram_dict[tensor]
+        top = np.nanmax(data)
+        if top > edges[-1]:  # more bins of the same width, as ONNX Runtime adds them
+            width = edges[1] - edges[0]
+            edges = np.hstack((edges, np.arange(edges[-1] + width, top + width, width)))
+        hist = _counts(data, edges)
+        hist[: len(old_hist)] += old_hist
+        self.histogram_dict[tensor] = (hist, edges.astype(data.dtype), min(old_low, low), max(old_high, high))
+
+
+def _counts(data: np.ndarray, edges: np.ndarray, block: int = 1 << 16) -> np.ndarray:
+    """`np.histogram(data, bins=edges)[0]` for nearly equally spaced `edges`, `block` values at a
+    time: each value's bin from the mean width, then moved until the edges hold it (bins are
+    [e_i, e_i+1), the last one closed), where NumPy's sort would have placed it."""
+    bins = len(edges) - 1
+    scale = np.float32(bins / (float(edges[-1]) - float(edges[0])))
+    counts = np.zeros(bins, np.intp)
+    for start in range(0, len(data), block):
+        part = data[start : start + block]
+        part = part[(part >= edges[0]) & (part <= edges[-1])]
+        at = np.clip(((part - edges[0]) * scale).astype(np.intp), 0, bins - 1)
+        while True:  # float32 edges stray from the mean width by up to a few bins
+            below, above = part < edges[at], (part >= edges[at + 1]) & (at < bins - 1)
+            if not (below.any() or above.any()):
+                break
+            at += above.view(np.int8) - below.view(np.int8)
+        counts += np.bincount(at, minlength=bins)
+    return counts
 
 
 def score_only_nodes(path: str | os.PathLike[str]) -> list[str]:

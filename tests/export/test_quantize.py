@@ -415,3 +415,30 @@ def test_pre_process_falls_back_to_onnx_shape_inference(
     assert fallback.per_photo >= sized  # ONNX's inference sizes at least the same tensors
     quantize_int8(onnx_model, tmp_path / "int8.onnx", calibrated_on(8), prepared=fallback)
     assert largest_int8_weight(tmp_path / "int8.onnx") <= WEIGHT_LIMIT
+
+
+def test_equal_width_histograms_count_what_onnx_runtime_counts() -> None:
+    """The Percentile calibration's histograms, counted by bin width, equal ONNX Runtime's own,
+    bin for bin, over batches whose range grows (new bins) and shrinks, and so do its ranges."""
+    from onnxruntime.quantization.calibrate import HistogramCollector
+
+    rng = np.random.default_rng(0)
+    batches = [
+        {
+            "signed": [rng.normal(0, scale, (8, 3, 16, 16)).astype(np.float32)],
+            "relu": [np.maximum(rng.normal(0, scale, (8, 32)), 0).astype(np.float32)],
+        }
+        for scale in (1.0, 0.5, 3.0, 2.0, 10.0, 0.1)
+    ]
+    theirs, ours = (HistogramCollector("percentile", True, 2048, 2048, 99.999, "same") for _ in range(2))
+    for batch in batches:
+        theirs.collect(batch)
+        with quantize.equal_width_histograms():
+            ours.collect(batch)
+    assert HistogramCollector.collect_absolute_value is not quantize._collect_absolute_value  # restored
+    for tensor, (hist, edges, low, high) in theirs.histogram_dict.items():
+        our_hist, our_edges, our_low, our_high = ours.histogram_dict[tensor]
+        assert len(edges) > 2049  # the range grew: ONNX Runtime added bins
+        assert np.array_equal(our_hist, hist) and np.array_equal(our_edges, edges)
+        assert (our_low, our_high) == (low, high)
+    assert ours.compute_collection_result() == theirs.compute_collection_result()
