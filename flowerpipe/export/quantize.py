@@ -154,7 +154,7 @@ def equal_width_histograms() -> Iterator[None]:
     the batch's activations; the edges are equally spaced (the first batch's bins, extended by
     their width), so each value's bin follows from the width, checked against the edges. The
     counts, the ranges and the int8 file come out identical (tests/export/test_quantize.py); the
-    Percentile try on the offline command's model took 102 s before, 20 s after (docs/int8.md)."""
+    Percentile try on the offline command's model took 101 s before, 50 s after (docs/int8.md)."""
     original = HistogramCollector.collect_absolute_value
     HistogramCollector.collect_absolute_value = _collect_absolute_value
     try:

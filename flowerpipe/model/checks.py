@@ -1,8 +1,7 @@
 """The checks of params that need torch: whether `model.arch` trains and exports at the configured
-sides, and whether `train.augment` builds and runs. The stages that train (train, audit) call
-`check_trainable` before any work, so a typo fails in one line naming the key; reading params.yaml
-(`flowerpipe.config`) needs no torch, and the stages that only read the cache do not depend on the
-augmentation code."""
+sides, and whether `train.augment` builds and runs. The train stage calls `check_trainable` before
+any work (audit, `check_architecture`), so a typo fails in one line naming the key; reading
+params.yaml (`flowerpipe.config`) needs no torch, and prepare does not depend on the model code."""
 
 from __future__ import annotations
 
