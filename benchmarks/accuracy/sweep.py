@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import functools
 import hashlib
 import json
 import os
@@ -95,14 +96,16 @@ def main() -> None:
     kept.mkdir(parents=True, exist_ok=True)
     for seed in todo:
         append_row(args.csv, {**head, "seed": seed, **one_run(repo, seed)})
-        name = kept_name(head["preset"], head["set"], seed)
+        name = kept_name(head["preset"], head["set"], seed, capability)
         shutil.copy(repo / "models/best.pt", kept / name)
         print(f"seed {seed}: written to {args.csv}, its model to {kept / name}", flush=True)
 
 
-def kept_name(preset: str, changes: str, seed: int | str) -> str:
-    """The file a run's models/best.pt is kept as: the preset, a hash of its --set, the seed."""
-    return f"{preset}-{hashlib.sha256(changes.encode()).hexdigest()[:8]}-seed{seed}.pt"
+def kept_name(preset: str, changes: str, seed: int | str, capability: str = "native") -> str:
+    """The file a run's models/best.pt is kept as: the preset, a hash of its --set, the seed, and
+    the instruction set PyTorch was held to, if it was."""
+    held = "" if capability == "native" else f"-{capability}"
+    return f"{preset}-{hashlib.sha256(changes.encode()).hexdigest()[:8]}-seed{seed}{held}.pt"
 
 
 def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
@@ -111,6 +114,7 @@ def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
     data, device = load_prepared(prepared), resolve_device("auto")
     batch = yaml.safe_load((prepared.parents[1] / "params.yaml").read_text())["evaluate"]["batch_size"]
 
+    @functools.cache
     def answers(path: Path, split: str) -> np.ndarray:  # as the evaluate stage scored it
         model, meta = load_trained(path)
         images = Rows(data.images, data.indices(split))
@@ -121,14 +125,16 @@ def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
         "| --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        base, other = (kept / kept_name(row["preset"], s, row["seed"]) for s in ("{}", row["set"]))
+        base, other = (
+            kept / kept_name(row["preset"], s, row["seed"], row["capability"]) for s in ("{}", row["set"])
+        )
         if row["set"] == "{}" or not (base.exists() and other.exists()):
             continue
         gains = []
         for split in ("val", "test"):
             labels = data.labels[data.indices(split)]
             pair = Paired.of(labels, answers(base, split), answers(other, split))
-            gains.append(f"{-pair.drop_points:+.2f} ± {pair.error_points:.2f} ({len(labels)} photos)")
+            gains.append(f"{0.0 - pair.drop_points:+.2f} ± {pair.error_points:.2f} ({len(labels)} photos)")
         lines.append(f"| {row['preset']} | {row['set']} | {row['seed']} | {gains[0]} | {gains[1]} |")
     return "\n".join(lines)
 
