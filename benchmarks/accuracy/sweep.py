@@ -42,12 +42,13 @@ from flowerpipe.data.cache import Rows
 from flowerpipe.data.prepared import load_prepared
 from flowerpipe.export.gate import Paired
 from flowerpipe.model.build import load_trained
-from flowerpipe.model.devices import resolve_device
+from flowerpipe.model.devices import autocast_dtype, resolve_device
+from flowerpipe.model.engine import fixed_weights_engine
 from flowerpipe.model.inference import predict_logits
 from flowerpipe.presets import leaves, preset_path, read_preset
 
 FIELDS = [
-    "preset", "set", "seed", "cpu", "cpu_flags", "capability", "precision", "train_min",
+    "preset", "set", "seed", "cpu", "cpu_flags", "capability", "precision", "fixed_weights", "train_min",
     "evaluate_min", "val_accuracy", "val_photos", "test_accuracy", "test_photos", "commit", "date",
 ]  # fmt: skip
 
@@ -81,10 +82,14 @@ def main() -> None:
     found, capability = machine(), os.environ.get("ATEN_CPU_CAPABILITY", "native")
     head = {"preset": Path(args.preset).stem, "set": json.dumps(extra, separators=(",", ":"))}
     head |= {"cpu": found["cpu"], "cpu_flags": " ".join(found["cpu_flags"]), "capability": capability}
-    done = {(r["preset"], r["set"], r["seed"], r["cpu"], r["capability"]) for r in read_rows(args.csv)}
-    todo = [
-        s for s in args.seeds if (head["preset"], head["set"], str(s), head["cpu"], capability) not in done
-    ]
+    precision, device = (
+        {**changes, **extra}.get("train.precision", params["train"]["precision"]),
+        resolve_device("auto"),
+    )
+    head["fixed_weights"] = fixed_weights_engine(device, autocast_dtype(device, precision))
+    keys = ("preset", "set", "cpu", "capability", "fixed_weights")
+    done = {(r["seed"], *(r[k] for k in keys)) for r in read_rows(args.csv)}
+    todo = [s for s in args.seeds if (str(s), *(head[k] for k in keys)) not in done]
     if not todo:
         print(f"every run is in {args.csv} already")
         return
@@ -96,16 +101,19 @@ def main() -> None:
     kept.mkdir(parents=True, exist_ok=True)
     for seed in todo:
         append_row(args.csv, {**head, "seed": seed, **one_run(repo, seed)})
-        name = kept_name(head["preset"], head["set"], seed, capability)
+        name = kept_name(head["preset"], head["set"], seed, capability, head["fixed_weights"])
         shutil.copy(repo / "models/best.pt", kept / name)
         print(f"seed {seed}: written to {args.csv}, its model to {kept / name}", flush=True)
 
 
-def kept_name(preset: str, changes: str, seed: int | str, capability: str = "native") -> str:
-    """The file a run's models/best.pt is kept as: the preset, a hash of its --set, the seed, and
-    the instruction set PyTorch was held to, if it was."""
+def kept_name(
+    preset: str, changes: str, seed: int | str, capability: str = "native", fixed: str = "pytorch"
+) -> str:
+    """The file a run's models/best.pt is kept as: the preset, a hash of its --set, the seed, the
+    instruction set PyTorch was held to, if it was, and what ran its fixed weights if not PyTorch."""
     held = "" if capability == "native" else f"-{capability}"
-    return f"{preset}-{hashlib.sha256(changes.encode()).hexdigest()[:8]}-seed{seed}{held}.pt"
+    engine = "" if fixed == "pytorch" else f"-{fixed}"
+    return f"{preset}-{hashlib.sha256(changes.encode()).hexdigest()[:8]}-seed{seed}{held}{engine}.pt"
 
 
 def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
@@ -126,7 +134,8 @@ def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
     ]
     for row in rows:
         base, other = (
-            kept / kept_name(row["preset"], s, row["seed"], row["capability"]) for s in ("{}", row["set"])
+            kept / kept_name(row["preset"], s, row["seed"], row["capability"], row["fixed_weights"])
+            for s in ("{}", row["set"])
         )
         if row["set"] == "{}" or not (base.exists() and other.exists()):
             continue
@@ -153,6 +162,7 @@ def one_run(repo: Path, seed: int) -> dict[str, Any]:
     )
     return {
         "precision": record.get("precision", ""),
+        "fixed_weights": record.get("fixed_weights", "pytorch"),
         "train_min": round(train_s / 60, 2),
         "evaluate_min": round(evaluate_s / 60, 2),
         **{
@@ -166,24 +176,29 @@ def one_run(repo: Path, seed: int) -> dict[str, Any]:
 
 
 def summary(rows: list[dict[str, str]]) -> str:
-    """The runs as a markdown table: one line per preset, --set, CPU and capability, with the
+    """The runs as a markdown table: one line per preset, --set, CPU, capability, precision and
+    engine of the fixed-weight passes, with the
     seeds' mean ± sd of the train stage's minutes and of val and test accuracy."""
     groups: dict[tuple[str, ...], list[dict[str, str]]] = {}
     for row in rows:
-        key = (row["preset"], row["set"], row["cpu"], row["cpu_flags"], row["capability"], row["precision"])
+        key = tuple(
+            row[k] for k in ("preset", "set", "cpu", "cpu_flags", "capability", "precision", "fixed_weights")
+        )
         groups.setdefault(key, []).append(row)
     lines = [
-        "| preset | --set | CPU; flags | capability | precision | seeds | train stage (min) | val | test |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| preset | --set | CPU; flags | capability | precision | fixed weights | seeds "
+        "| train stage (min) | val | test |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for (preset, changes, cpu, flags, capability, precision), runs in groups.items():
+    for (preset, changes, cpu, flags, capability, precision, fixed), runs in groups.items():
         seeds = ", ".join(r["seed"] for r in runs)
         photos = {split: "/".join(sorted({r[f"{split}_photos"] for r in runs})) for split in ("val", "test")}
         val = spread([100 * float(r["val_accuracy"]) for r in runs])
         test = spread([100 * float(r["test_accuracy"]) for r in runs])
         minutes = spread([float(r["train_min"]) for r in runs])
         lines.append(
-            f"| {preset} | {changes} | {cpu}; {flags} | {capability} | {precision} | {seeds} | {minutes} "
+            f"| {preset} | {changes} | {cpu}; {flags} | {capability} | {precision} | {fixed} | {seeds} "
+            f"| {minutes} "
             f"| {val} % ({photos['val']}) | {test} % ({photos['test']}) |"
         )
     return "\n".join(lines)

@@ -1,9 +1,10 @@
-"""Speed: the training step eager, with fixed blocks folded, and under torch.compile.
+"""Speed: the training step eager, with fixed blocks folded, on ONNX Runtime, and torch.compile.
 
 torch.compile for training on the CPU: the training step flowerpipe runs (channels_last, label
 smoothing, SGD with momentum, some blocks frozen as a preset freezes them), eager with the frozen
-blocks as they are, eager with their BatchNorm folded (what flowerpipe runs) and `torch.compile`,
-in one process, rounds alternating. Prints images/s after warm-up, the seconds the first steps
+blocks as they are, eager with their BatchNorm folded, folded and run by ONNX Runtime (what
+flowerpipe runs on the CPU in fp32) and `torch.compile` (unless --no-compile), in one process,
+rounds alternating. Prints images/s after warm-up, the seconds the first steps
 took (compiling), whether two compiled runs from the same start give identical losses
 (deterministic), and how far each mode's losses are from eager's.
 
@@ -26,7 +27,8 @@ from torch import nn
 from flowerpipe.model.build import num_outputs
 from flowerpipe.model.inference import folded_where_fixed
 
-FOLDED = "eager, frozen blocks folded (flowerpipe)"
+FOLDED = "eager, frozen blocks folded"
+ORT = "frozen blocks folded, on ONNX Runtime (flowerpipe)"
 
 
 def steps(model: nn.Module, net: nn.Module, batches: list[tuple[torch.Tensor, torch.Tensor]]) -> list[float]:
@@ -59,6 +61,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps before the rounds")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--freeze", nargs="*", default=[], help="modules that do not learn")
+    parser.add_argument("--no-compile", action="store_true", help="leave torch.compile out")
     args = parser.parse_args()
     start, arch, size = model_of(args, "mobilenet_v2")
     start.train().to(memory_format=torch.channels_last)
@@ -79,13 +82,16 @@ def main() -> None:
         model = copy.deepcopy(start)
         if mode == "compiled":
             return model, torch.compile(model)
-        return model, folded_where_fixed(model, args.freeze) if mode == FOLDED else model
+        if mode in (FOLDED, ORT):
+            return model, folded_where_fixed(model, args.freeze, onnx_runtime=mode == ORT)
+        return model, model
 
-    nets = {mode: fresh(mode) for mode in ("eager", FOLDED, "compiled")}
+    modes = ("eager", FOLDED, ORT) if args.no_compile else ("eager", FOLDED, ORT, "compiled")
+    nets = {mode: fresh(mode) for mode in modes}
     t0 = time.perf_counter()
-    first = {mode: steps(*nets[mode], batches) for mode in ("compiled", "eager", FOLDED)}
+    first = {mode: steps(*nets[mode], batches) for mode in reversed(modes)}
     first_seconds = time.perf_counter() - t0
-    again = steps(*fresh("compiled"), batches)
+    again = None if args.no_compile else steps(*fresh("compiled"), batches)
     timed = {mode: [] for mode in nets}
     for _ in range(args.rounds):
         for mode, pair in nets.items():
@@ -104,9 +110,9 @@ def main() -> None:
         "batch": args.batch,
         "frozen": args.freeze,
         "first_steps_seconds_all_modes": first_seconds,
-        "compiled_deterministic": first["compiled"] == again,
+        "compiled_deterministic": None if again is None else first["compiled"] == again,
         "loss_difference_vs_eager_first_and_largest": {
-            mode: gap(first[mode], first["eager"]) for mode in (FOLDED, "compiled")
+            mode: gap(first[mode], first["eager"]) for mode in modes[1:]
         },
     }
     report(args.results, f"compile-train-{arch}", rows, extra)

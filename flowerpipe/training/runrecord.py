@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from flowerpipe.model.devices import autocast_dtype
+from flowerpipe.model.engine import fixed_weights_engine
 
 if TYPE_CHECKING:  # a type only: the config is built above this package
     from flowerpipe.config import Config
@@ -51,5 +52,6 @@ def run_record(
         "device": device_name(device),
         "processes": processes,
         "precision": str(dtype).removeprefix("torch.") if dtype else "float32",
+        "fixed_weights": fixed_weights_engine(device, dtype),  # the frozen blocks and features pass
         **versions(),
     }

@@ -324,7 +324,7 @@ def test_train_image_scale_crops_smaller_than_evaluation() -> None:
     cfg = plain_train(epochs=1, batch_size=8, image_scale=0.75, precision="fp32", device="cpu")
     model = build_model("resnet18", None, CLASSES)
     sizes: set[tuple[bool, int]] = set()
-    model.conv1.register_forward_pre_hook(lambda m, args: sizes.add((m.training, args[0].shape[-1])))
+    model.conv1.register_forward_pre_hook(lambda m, args: sizes.add((m.training, int(args[0].shape[-1]))))
     fit(cfg, tiny_data(16), model)
     assert sizes == {(True, 24), (False, IMAGE_SIZE)}
 
