@@ -28,6 +28,9 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULERS = ("none", "step", "cosine", "warmup_cosine")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 QUANTIZATIONS = ("int8",)
+# The int8 search's calibrations: ONNX Runtime's methods on export.calibration_images photos, and
+# MinMax on 4x as many (docs: int8).
+CALIBRATIONS = ("MinMax", "Percentile", "Entropy", "MinMax-4x")
 LABEL_CONFLICTS = ("keep", "drop")
 MAX_NEAR_DUPLICATES = 16  # of the difference hash's 64 bits: beyond, unrelated photos match
 
@@ -216,6 +219,7 @@ class ExportConfig:
     quantize: list[str] = field(default_factory=lambda: ["int8"])
     max_accuracy_drop: float = 1.0
     calibration_images: int = 256
+    calibrations: list[str] = field(default_factory=lambda: ["MinMax", "Percentile"])
 
     def __post_init__(self) -> None:
         _check(self.opset >= 17, "export.opset", "must be >= 17")
@@ -227,6 +231,14 @@ class ExportConfig:
         _check(len(set(self.quantize)) == len(self.quantize), "export.quantize", "lists a kind twice")
         _check(self.max_accuracy_drop >= 0, "export.max_accuracy_drop", "must be >= 0 (percentage points)")
         _check(self.calibration_images >= 1, "export.calibration_images", "must be >= 1")
+        _check(bool(self.calibrations), "export.calibrations", f"lists none of {list(CALIBRATIONS)}")
+        for name in self.calibrations:
+            _check(
+                name in CALIBRATIONS, "export.calibrations", f"{name!r} is not one of {list(CALIBRATIONS)}"
+            )
+        _check(
+            len(set(self.calibrations)) == len(self.calibrations), "export.calibrations", "lists one twice"
+        )
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ def main() -> None:
             lambda count: crops(calibration_indices(train, count)),
             crops(search_indices(train, cfg.calibration_images)),
             calibration_images=cfg.calibration_images,
+            calibrations=cfg.calibrations,
         )
         splits = {name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))}
         judged = gate_int8(FP32, tmp, splits, max_drop_points=cfg.max_accuracy_drop, shown_as=path)

@@ -171,6 +171,7 @@ def run_one(arch: str, photos: Path, work: Path) -> dict[str, Any]:
                         lambda n: crops(calibration_indices(train, n)),
                         crops(search_indices(train, e.calibration_images)),
                         calibration_images=e.calibration_images,
+                        calibrations=e.calibrations,
                     )
                     judged = {
                         name: (crops(ix), data.labels[ix]) for name, ix in (("val", val), ("test", test))

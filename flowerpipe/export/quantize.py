@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,16 @@ from flowerpipe.runtime.scores import log_softmax
 WEIGHT_LIMIT = 64  # the largest |weight| that VPMADDUBSW's 16-bit pair sums cannot saturate on
 METHODS = ("MinMax", "Percentile", "Entropy")
 MORE_CALIBRATION = 4  # the search's larger calibration sample, times export.calibration_images
-# The search's calibrations, all tried (the first wins a tie): method, and the sample as a multiple
-# of export.calibration_images. More photos only widen MinMax's ranges (its sample holds the
-# smaller one), which helps when the small sample missed real extremes; the histogram methods clip
-# ranges instead, so a larger sample is tried for MinMax only.
-SEARCH = (("MinMax", 1), ("Entropy", 1), ("Percentile", 1), ("MinMax", MORE_CALIBRATION))
+# The search's calibrations by the names export.calibrations lists: method, and the sample as a
+# multiple of export.calibration_images. More photos only widen MinMax's ranges (its sample holds
+# the smaller one), which helps when the small sample missed real extremes; the histogram methods
+# clip ranges instead, so a larger sample is offered for MinMax only.
+SEARCH = {
+    "MinMax": ("MinMax", 1),
+    "Percentile": ("Percentile", 1),
+    "Entropy": ("Entropy", 1),
+    "MinMax-4x": ("MinMax", MORE_CALIBRATION),
+}  # the names of flowerpipe.config.CALIBRATIONS (tested)
 EXCLUDED_STEPS = (1, 2, 4, 8)  # how many of the most sensitive nodes the search leaves in float
 FLOAT_GAIN = 0.1  # the share of the divergence from fp32 that more nodes in float must cut to be kept
 SEARCH_PHOTOS = 512  # training photos outside every calibration sample that score the settings
@@ -372,14 +377,16 @@ def search_int8(
     photos: np.ndarray | Rows,
     *,
     calibration_images: int,
+    calibrations: Sequence[str],
     speedup: Callable[[str | os.PathLike[str], Path], float] | None = None,
 ) -> dict[str, Any]:
     """Write the int8 model whose class probabilities stray least from fp32's on `photos` (uint8
     crops; no labels needed) for its speed; return what was tried and chosen.
 
-    `calibration(n)` gives the crops of up to n calibration photos. Every calibration of SEARCH is
-    tried and the one of least divergence (mean KL, a continuous score: top-1 agreement on a few
-    hundred photos is too coarse to rank settings) is kept; they share one graph and so one speed.
+    `calibration(n)` gives the crops of up to n calibration photos. Each of `calibrations` (names
+    of SEARCH) is tried in turn and the one of least divergence (mean KL, a continuous score: top-1
+    agreement on a few hundred photos is too coarse to rank settings) is kept; they share one graph
+    and so one speed.
     Then the 1, 2, 4 and 8 nodes whose output loses the most signal to quantization are left in
     float, each try timed against fp32 by `speedup(fp32, int8)` (default: batch-1 ONNX Runtime
     latency): a try is kept when it cuts the divergence by FLOAT_GAIN, and the search stops at
@@ -388,7 +395,7 @@ def search_int8(
     timed = speedup or batch1_speedup
     with tempfile.TemporaryDirectory() as tmp:
         search = _Search(fp32_path, Path(tmp), photos, lambda path: timed(fp32_path, path))
-        calibrated = _search_calibrations(search, calibration, calibration_images)
+        calibrated = _search_calibrations(search, calibration, calibration_images, calibrations)
         chosen = _search_floats(search, calibration, calibrated)
         shutil.copyfile(chosen.path, int8_path)
     record = {"chosen": chosen.record(), "search_photos": len(photos)}
@@ -399,12 +406,15 @@ def search_int8(
 
 
 def _search_calibrations(
-    search: _Search, calibration: Callable[[int], np.ndarray | Rows], calibration_images: int
+    search: _Search,
+    calibration: Callable[[int], np.ndarray | Rows],
+    calibration_images: int,
+    calibrations: Sequence[str],
 ) -> _Tried:
-    """The calibration of SEARCH of least divergence, the first of equals; the larger sample is
+    """Of `calibrations`, the one of least divergence, the first of equals; the larger sample is
     skipped if it holds no more photos."""
     base, best = calibration(calibration_images), None
-    for method, times in SEARCH:
+    for method, times in (SEARCH[name] for name in calibrations):
         crops = base if times == 1 else calibration(calibration_images * times)
         if times > 1 and len(crops) == len(base):
             continue

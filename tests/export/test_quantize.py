@@ -18,6 +18,7 @@ from helpers.photos import CLASSES, IMAGE_SIZE, RESIZE, noisy_squares
 from onnx import numpy_helper
 from onnxruntime.quantization.qdq_loss_debug import modify_model_output_intermediate_tensors
 
+from flowerpipe.config import CALIBRATIONS, ExportConfig
 from flowerpipe.core.errors import QuantizationError
 from flowerpipe.export import onnx as export
 from flowerpipe.export import quantize
@@ -26,6 +27,7 @@ from flowerpipe.export.quantize import (
     BATCH,
     METHODS,
     MORE_CALIBRATION,
+    SEARCH,
     SEARCH_PHOTOS,
     WEIGHT_LIMIT,
     Setting,
@@ -219,6 +221,35 @@ def as_if_quantized(monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[str, in
     return tried
 
 
+ALL = ["MinMax", "Entropy", "Percentile", "MinMax-4x"]  # every calibration, in this order
+
+
+def test_the_search_offers_the_calibrations_the_config_names() -> None:
+    assert tuple(SEARCH) == CALIBRATIONS
+    assert set(ExportConfig().calibrations) < set(CALIBRATIONS)
+
+
+def test_search_tries_the_calibrations_listed_in_their_order(
+    onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    crops = center_crop(noisy_squares(200, seed=2), IMAGE_SIZE)
+    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
+    tried = as_if_quantized(monkeypatch, answers | {("Percentile", 0): onnx_model})
+    for listed in (["MinMax", "Percentile"], ["MinMax-4x", "Percentile"]):
+        tried.clear()
+        found = search_int8(
+            onnx_model,
+            tmp_path / "int8.onnx",
+            calibrated_on,
+            crops,
+            calibration_images=64,
+            calibrations=listed,
+            speedup=fast,
+        )
+        first = "MinMax 64 0" if listed[0] == "MinMax" else "MinMax 256 0"
+        assert tried[:2] == [first, "Percentile 64 0"] and found["chosen"]["method"] == "Percentile"
+
+
 def test_search_tries_every_calibration_and_keeps_the_one_closest_to_fp32(
     onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -226,7 +257,9 @@ def test_search_tries_every_calibration_and_keeps_the_one_closest_to_fp32(
     answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
     tried = as_if_quantized(monkeypatch, answers | {("Entropy", 0): onnx_model})
     path = tmp_path / "model.int8.onnx"
-    found = search_int8(onnx_model, path, calibrated_on, crops, calibration_images=64, speedup=fast)
+    found = search_int8(
+        onnx_model, path, calibrated_on, crops, calibration_images=64, calibrations=ALL, speedup=fast
+    )
     calibrations = ["MinMax 64 0", "Entropy 64 0", "Percentile 64 0", "MinMax 256 0"]
     assert tried == [*calibrations, "Entropy 64 1", "Entropy 64 2", "Entropy 64 4", "Entropy 64 8"]
     first, chosen = found["search"][0], found["search"][1]
@@ -258,7 +291,13 @@ def test_a_calibration_onnx_runtime_cannot_make_is_passed_over(
 
     monkeypatch.setattr(quantize, "quantize_int8", no_percentile)
     found = search_int8(
-        onnx_model, tmp_path / "int8.onnx", calibrated_on, crops, calibration_images=64, speedup=fast
+        onnx_model,
+        tmp_path / "int8.onnx",
+        calibrated_on,
+        crops,
+        calibration_images=64,
+        calibrations=ALL,
+        speedup=fast,
     )
     assert found["search_failed"] == [
         {
@@ -286,6 +325,7 @@ def test_nodes_in_float_are_kept_when_they_pay_and_tried_while_faster_than_fp32(
         calibrated_on,
         crops,
         calibration_images=64,
+        calibrations=ALL,
         speedup=lambda *_: next(speeds),
     )
     assert tried[4:] == ["MinMax 64 1", "MinMax 64 2", "MinMax 64 4"]
@@ -303,7 +343,13 @@ def test_the_larger_calibration_is_passed_over_when_it_holds_no_more_photos(
     tried = as_if_quantized(monkeypatch, answers | {("Percentile", 0): onnx_model})
     few = calibrated_on(64)
     found = search_int8(
-        onnx_model, tmp_path / "int8.onnx", lambda n: few[:n], crops, calibration_images=64, speedup=fast
+        onnx_model,
+        tmp_path / "int8.onnx",
+        lambda n: few[:n],
+        crops,
+        calibration_images=64,
+        calibrations=ALL,
+        speedup=fast,
     )
     floats = [f"Percentile 64 {k}" for k in (1, 2, 4, 8)]
     assert tried == ["MinMax 64 0", "Entropy 64 0", "Percentile 64 0", *floats]
@@ -331,7 +377,9 @@ def outlier_model(classifier: torch.nn.Module, tmp_path_factory: pytest.TempPath
 def test_search_leaves_the_nodes_an_outlier_breaks_in_float(outlier_model: Path, tmp_path: Path) -> None:
     crops = center_crop(noisy_squares(150, seed=2), IMAGE_SIZE)
     path = tmp_path / "model.int8.onnx"
-    found = search_int8(outlier_model, path, calibrated_on, crops, calibration_images=64, speedup=fast)
+    found = search_int8(
+        outlier_model, path, calibrated_on, crops, calibration_images=64, calibrations=ALL, speedup=fast
+    )
     calibrations = [(t["method"], t["calibration_images"]) for t in found["search"][:4]]
     assert calibrations == [("MinMax", 64), ("Entropy", 64), ("Percentile", 64), ("MinMax", 256)]
     assert all(t["agreement"] < 0.7 for t in found["search"][:4])  # no calibration copes
@@ -365,7 +413,9 @@ def test_search_on_a_grey_calibration_is_refused_by_the_gate(
     grey = np.full((256, IMAGE_SIZE, IMAGE_SIZE, 3), 128, np.uint8)
     counted = []
     monkeypatch.setattr(quantize, "activation_bytes", lambda p: counted.append(p) or activation_bytes(p))
-    found = search_int8(onnx_model, path, lambda n: grey[:n], crops, calibration_images=16, speedup=fast)
+    found = search_int8(
+        onnx_model, path, lambda n: grey[:n], crops, calibration_images=16, calibrations=ALL, speedup=fast
+    )
     assert len(found["search"]) == len(METHODS) + 1 + 4
     assert max(t["agreement"] for t in found["search"]) < 0.5 and len(counted) == 1
     with pytest.raises(

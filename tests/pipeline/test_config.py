@@ -160,6 +160,9 @@ def test_freeze_takes_a_word_or_a_list_of_modules(freeze) -> None:
         ({"export": {"quantize": ["int8", "int8"]}}, "export.quantize"),
         ({"export": {"max_accuracy_drop": -1}}, "export.max_accuracy_drop"),
         ({"export": {"calibration_images": 0}}, "export.calibration_images"),
+        ({"export": {"calibrations": []}}, "export.calibrations"),
+        ({"export": {"calibrations": ["KL"]}}, "export.calibrations"),
+        ({"export": {"calibrations": ["MinMax", "MinMax"]}}, "export.calibrations"),
     ],
 )
 def test_bad_value_names_its_key(raw: dict[str, Any], key: str) -> None:
