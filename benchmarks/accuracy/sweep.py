@@ -3,8 +3,9 @@
 Accuracy study: (preset, seed) runs through the real pipeline, one at a time, each recorded as
 a row of a CSV file the moment it ends, so a sweep that stops (a session's end) loses nothing and
 the next start skips what is there. `--summary` prints the CSV as a table of seeds' means;
-`--paired` each run against the preset's own run of the same seed (its --set `{}`), on the same
-val and test photos, from the kept models.
+`--paired` each run against the preset's own run of the same seed (its --set `{}`, with the
+same engine for the fixed weights; the preset's own run on ONNX Runtime against the one in
+PyTorch), on the same val and test photos, from the kept models.
 
     nohup uv run python benchmarks/accuracy/sweep.py --preset mobilenet_v2-cpu-fast --seeds 0 1 2 \\
         --set train.epochs=8 --results benchmarks/results/cpu_fast.csv &
@@ -118,7 +119,8 @@ def kept_name(
 
 def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
     """Markdown lines: each kept run's accuracy gain over its preset's own run of the same seed
-    (--set `{}`), paired on the same val and test photos of the sweep's prepared split."""
+    (--set `{}`; the same engine for its fixed weights, or PyTorch for the preset's own run on
+    ONNX Runtime), paired on the same val and test photos of the sweep's prepared split."""
     data, device = load_prepared(prepared), resolve_device("auto")
     batch = yaml.safe_load((prepared.parents[1] / "params.yaml").read_text())["evaluate"]["batch_size"]
 
@@ -129,22 +131,26 @@ def paired(rows: list[dict[str, str]], kept: Path, prepared: Path) -> str:
         return predict_logits(model, images, meta["image_size"], batch, device).argmax(1)
 
     lines = [
-        "| preset | --set | seed | val gain (points) | test gain (points) |",
-        "| --- | --- | --- | --- | --- |",
+        "| preset | --set | fixed weights | seed | val gain (points) | test gain (points) |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
-        base, other = (
-            kept / kept_name(row["preset"], s, row["seed"], row["capability"], row["fixed_weights"])
-            for s in ("{}", row["set"])
+        # a variant against the preset's run on the same engine; the preset on ONNX Runtime against
+        # the preset in PyTorch
+        engine = "pytorch" if row["set"] == "{}" else row["fixed_weights"]
+        base = kept / kept_name(row["preset"], "{}", row["seed"], row["capability"], engine)
+        other = kept / kept_name(
+            row["preset"], row["set"], row["seed"], row["capability"], row["fixed_weights"]
         )
-        if row["set"] == "{}" or not (base.exists() and other.exists()):
+        if other == base or not (base.exists() and other.exists()):
             continue
         gains = []
         for split in ("val", "test"):
             labels = data.labels[data.indices(split)]
             pair = Paired.of(labels, answers(base, split), answers(other, split))
             gains.append(f"{0.0 - pair.drop_points:+.2f} ± {pair.error_points:.2f} ({len(labels)} photos)")
-        lines.append(f"| {row['preset']} | {row['set']} | {row['seed']} | {gains[0]} | {gains[1]} |")
+        named = f"| {row['preset']} | {row['set']} | {row['fixed_weights']} | {row['seed']} |"
+        lines.append(f"{named} {gains[0]} | {gains[1]} |")
     return "\n".join(lines)
 
 
