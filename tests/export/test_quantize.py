@@ -224,6 +224,13 @@ def as_if_quantized(monkeypatch: pytest.MonkeyPatch, answers: dict[tuple[str, in
 ALL = ["MinMax", "Entropy", "Percentile", "MinMax-4x"]  # every calibration, in this order
 
 
+def closest_is(method: str, onnx_model: Path, swapped_model: Path) -> dict[tuple[str, int], Path]:
+    """`as_if_quantized`'s answers: `method` without nodes in float answers as fp32, every other
+    setting as the swapped model."""
+    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
+    return answers | {(method, 0): onnx_model}
+
+
 def test_the_search_offers_the_calibrations_the_config_names() -> None:
     assert tuple(SEARCH) == CALIBRATIONS
     assert set(ExportConfig().calibrations) < set(CALIBRATIONS)
@@ -233,8 +240,7 @@ def test_search_tries_the_calibrations_listed_in_their_order(
     onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crops = center_crop(noisy_squares(200, seed=2), IMAGE_SIZE)
-    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
-    tried = as_if_quantized(monkeypatch, answers | {("Percentile", 0): onnx_model})
+    tried = as_if_quantized(monkeypatch, closest_is("Percentile", onnx_model, swapped_model))
     for listed in (["MinMax", "Percentile"], ["MinMax-4x", "Percentile"]):
         tried.clear()
         found = search_int8(
@@ -254,8 +260,7 @@ def test_search_tries_every_calibration_and_keeps_the_one_closest_to_fp32(
     onnx_model: Path, swapped_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     crops = center_crop(noisy_squares(200, seed=2), IMAGE_SIZE)
-    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
-    tried = as_if_quantized(monkeypatch, answers | {("Entropy", 0): onnx_model})
+    tried = as_if_quantized(monkeypatch, closest_is("Entropy", onnx_model, swapped_model))
     path = tmp_path / "model.int8.onnx"
     found = search_int8(
         onnx_model, path, calibrated_on, crops, calibration_images=64, calibrations=ALL, speedup=fast
@@ -278,8 +283,7 @@ def test_a_calibration_onnx_runtime_cannot_make_is_passed_over(
     """ONNX Runtime's histogram methods raise on an activation of an all but zero range (a barely
     trained MobileNetV3 at 32 px): the search goes on without that method and says so."""
     crops = center_crop(noisy_squares(200, seed=2), IMAGE_SIZE)
-    answers = {(m, k): swapped_model for m in METHODS for k in (0, 1, 2, 4, 8)}
-    tried = as_if_quantized(monkeypatch, answers | {("Entropy", 0): onnx_model})
+    tried = as_if_quantized(monkeypatch, closest_is("Entropy", onnx_model, swapped_model))
     fake = quantize.quantize_int8
 
     def no_percentile(
